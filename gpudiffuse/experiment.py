@@ -1,0 +1,171 @@
+"""The import step: geometry + images → ``experiment.nxs`` (sweeps, image index, pixel masks).
+
+``ImportParameters`` is validated on construction so the CLI and library share one check.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+
+import h5py
+import numpy as np
+
+from .errors import GeometryError, MaskError
+from .geometry.dials import load_dials
+from .geometry.model import Sweep
+from .geometry.serialize import read_sweeps, write_sweep_group
+from .geometry.vectors import edge_resolution
+from .geometry.xds import load_xds
+from .io.images import read_image
+from .io.nexus import atomic_nexus, write_provenance
+from .masking.layout import layout_for_size
+from .masking.pixel import Beamstop, static_pixel_mask
+
+__all__ = ["ImportParameters", "Experiment", "load_geometry", "import_experiment", "read_experiment", "summarise"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ImportParameters:
+    """What to import.
+
+    xds : XDS directory (XDS.INP + GXPARM.XDS/XPARM.XDS), or
+    expt : DIALS ExperimentList files (one sweep or still per experiment).
+    beamstop_disc "x,y,r", beamstop_rectangle "x0,x1,y0,y1", beamstop_polygon "x1,y1,...":
+    0-based pixel coordinates. mask_chip_borders : also mask enlarged chip-border pixels.
+    """
+
+    xds: str | None = None
+    expt: tuple[str, ...] = ()
+    beamstop_disc: str | None = None
+    beamstop_rectangle: str | None = None
+    beamstop_polygon: str | None = None
+    mask_chip_borders: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "expt", tuple(str(p) for p in self.expt))
+        if bool(self.xds) == bool(self.expt):
+            raise GeometryError("give exactly one geometry source: --xds DIR or --expt FILE [FILE ...]")
+        if self.xds and not os.path.isdir(self.xds):
+            raise GeometryError(f"XDS directory {self.xds} does not exist")
+        for path in self.expt:
+            if not os.path.isfile(path):
+                raise GeometryError(f"ExperimentList file {path} does not exist")
+        self.beamstop()  # validates the strings
+
+    def beamstop(self) -> Beamstop | None:
+        if not (self.beamstop_disc or self.beamstop_rectangle or self.beamstop_polygon):
+            return None
+        return Beamstop.parse(self.beamstop_disc, self.beamstop_rectangle, self.beamstop_polygon)
+
+
+@dataclass
+class Experiment:
+    """Imported sweeps with their static pixel masks (True = usable)."""
+
+    sweeps: list[Sweep]
+    masks: list[np.ndarray] = field(default_factory=list)
+
+    @property
+    def space_group(self):
+        return self.sweeps[0].crystal.space_group
+
+
+def load_geometry(params: ImportParameters) -> list[Sweep]:
+    """Sweeps from the geometry source, with batch ids 0, 1, … in order."""
+    if params.xds:
+        sweeps = load_xds(params.xds)
+    else:
+        sweeps = [s for path in params.expt for s in load_dials(path)]
+    sweeps = [s.with_batch(i) for i, s in enumerate(sweeps)]
+    groups = {s.crystal.space_group.laue_str() for s in sweeps}
+    if len(groups) > 1:
+        raise GeometryError(f"sweeps disagree on the Laue group: {sorted(groups)}")
+    return sweeps
+
+
+def build_masks(sweeps: list[Sweep], params: ImportParameters) -> list[np.ndarray]:
+    """Static pixel mask of each sweep, from its first frame; checks image size and readability."""
+    masks = []
+    beamstop = params.beamstop()
+    cache: dict = {}
+    for sweep in sweeps:
+        first = read_image(sweep.images[0], None if sweep.image_indices is None else sweep.image_indices[0])
+        if first.shape != sweep.panel.shape:
+            raise GeometryError(
+                f"image {sweep.images[0]} is {first.shape[1]}x{first.shape[0]} pixels but the geometry "
+                f"({sweep.source}) says NX x NY = {sweep.panel.image_size[0]}x{sweep.panel.image_size[1]}"
+            )
+        if first.dtype.kind == "f" and not np.all(np.isfinite(first)):
+            raise MaskError(f"image {sweep.images[0]} contains NaN or infinite values")
+        key = (sweep.panel.image_size, sweep.untrusted)
+        base = cache.get(key)
+        if base is None:
+            base = static_pixel_mask(sweep.panel, None, sweep.untrusted, beamstop, params.mask_chip_borders)
+            cache[key] = base
+        mask = base & (first >= 0)
+        if not mask.any():
+            raise MaskError(f"every pixel of {sweep.source} is masked")
+        masks.append(mask)
+    return masks
+
+
+def import_experiment(params: ImportParameters, out_path: str | None = None, overwrite: bool = False) -> Experiment:
+    """Load geometry, check the images, build masks and (if ``out_path``) write experiment.nxs."""
+    sweeps = load_geometry(params)
+    experiment = Experiment(sweeps, build_masks(sweeps, params))
+    if out_path:
+        write_experiment(experiment, out_path, asdict(params), overwrite)
+    return experiment
+
+
+def write_experiment(experiment: Experiment, path: str, parameters: dict, overwrite: bool = False):
+    with atomic_nexus(path, overwrite) as handle:
+        entry = handle.create_group("entry")
+        entry.attrs["NX_class"] = "NXentry"
+        write_provenance(entry, "import", parameters)
+        group = entry.create_group("experiment")
+        for i, (sweep, mask) in enumerate(zip(experiment.sweeps, experiment.masks)):
+            write_sweep_group(group, f"sweep_{i}", sweep, mask)
+        entry["summary"] = summarise(experiment)
+
+
+def read_experiment(path: str) -> Experiment:
+    """Read an experiment.nxs written by the import step."""
+    if not os.path.isfile(path):
+        raise GeometryError(f"{path} does not exist (run `gpudiffuse import` first)")
+    with h5py.File(path, "r") as handle:
+        sweeps, masks = read_sweeps(handle)
+    return Experiment(sweeps, masks)
+
+
+def summarise(experiment: Experiment) -> str:
+    """A readable multi-line summary of an imported experiment."""
+    s0 = experiment.sweeps[0]
+    cell = s0.crystal.unit_cell
+    panel = s0.panel
+    layout = layout_for_size(panel.image_size)
+    d_corner, d_edge = edge_resolution(panel, s0.beam)
+    n_frames = sum(s.scan.num_frames for s in experiment.sweeps)
+    exposure = np.concatenate([s.scan.exposure_times for s in experiment.sweeps])
+    masked = 1 - np.mean([m.mean() for m in experiment.masks])
+    kind = "stills" if all(s.scan.is_still for s in experiment.sweeps) else "rotation"
+    osc = s0.scan.oscillation
+    lines = [
+        f"sweeps        {len(experiment.sweeps)} ({kind}), {n_frames} frames",
+        f"unit cell     {cell.a:.3f} {cell.b:.3f} {cell.c:.3f} Å  {cell.alpha:.2f} {cell.beta:.2f} {cell.gamma:.2f}°",
+        f"space group   {s0.crystal.space_group.hm} (Laue {s0.crystal.space_group.laue_str()})",
+        f"wavelength    {s0.beam.wavelength:.5f} Å",
+        f"detector      {panel.image_size[0]} x {panel.image_size[1]} pixels of "
+        f"{panel.pixel_size[0]:.4g} x {panel.pixel_size[1]:.4g} mm"
+        + (f" ({layout.family} {layout.modules[0]}x{layout.modules[1]} modules)" if layout else ""),
+        f"distance      {abs(np.dot(panel.origin, panel.normal)):.2f} mm",
+        f"rotation      start {osc[0]:.3f}°, {osc[1]:.4f}° per frame",
+        f"exposure      {exposure.min():.4g}–{exposure.max():.4g} s per frame",
+        f"resolution    {d_corner:.3f} Å at the detector corner, {d_edge:.3f} Å at the nearest edge",
+        f"masked        {100 * masked:.2f} % of pixels",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Image readers, the prefetching frame source and NeXus/HDF5 output."""

@@ -1,0 +1,80 @@
+"""NeXus/HDF5 output written atomically, with provenance attributes.
+
+Each step writes ``<name>.nxs`` through :func:`atomic_nexus`: the file is built under a
+temporary name in the same folder and renamed into place only when complete, so an
+interrupted run never leaves a half-written result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from datetime import datetime, timezone
+
+import h5py
+import numpy as np
+
+from .. import __version__
+
+__all__ = ["atomic_nexus", "write_provenance", "read_parameters", "step_is_complete"]
+
+
+@contextlib.contextmanager
+def atomic_nexus(path: str, overwrite: bool = False):
+    """Context manager yielding an open ``h5py.File`` that appears at ``path`` on success only."""
+    from ..errors import OutputExistsError  # noqa: PLC0415
+
+    path = str(path)
+    if os.path.exists(path) and not overwrite:
+        raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it")
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".nxs", dir=folder)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as handle:
+            handle.attrs["NX_class"] = "NXroot"
+            handle.attrs["creator"] = f"gpudiffuse {__version__}"
+            handle.attrs["file_time"] = datetime.now(timezone.utc).isoformat()
+            yield handle
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_provenance(group, step: str, parameters: dict, backend=None):
+    """Store program version, step name, parameters (JSON) and device on ``group``."""
+    group.attrs["program"] = "gpudiffuse"
+    group.attrs["program_version"] = __version__
+    group.attrs["step"] = step
+    group.attrs["parameters"] = json.dumps(parameters, sort_keys=True, default=_json_default)
+    if backend is not None:
+        for key, value in backend.as_attrs().items():
+            group.attrs[key] = value
+
+
+def _json_default(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    return str(value)
+
+
+def read_parameters(path: str) -> dict | None:
+    """The ``parameters`` attribute of ``/entry`` of a finished step file, or None."""
+    try:
+        with h5py.File(path, "r") as handle:
+            return json.loads(handle["entry"].attrs["parameters"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def step_is_complete(path: str, parameters: dict) -> bool:
+    """True if ``path`` exists and was written with the same parameters (resume)."""
+    stored = read_parameters(path)
+    wanted = json.loads(json.dumps(parameters, sort_keys=True, default=_json_default))
+    return stored is not None and stored == wanted

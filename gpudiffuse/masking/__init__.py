@@ -1,0 +1,1 @@
+"""Pixel masks, detector layouts and Bragg-peak masking."""

@@ -1,0 +1,111 @@
+"""Static pixel mask (per panel) and the per-frame validity test.
+
+The static mask is True where a pixel may be used:
+module gaps of a known detector layout ∧ pixels that are not negative in the first
+frame (Pilatus marks gaps −1 and bad pixels −2) ∧ not inside an untrusted region of the
+geometry input ∧ not behind the beamstop ∧ optionally not an enlarged chip-border pixel.
+Per frame, pixels at or above the overload or below the minimum valid value are invalid
+for that frame only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import MaskError
+from .layout import layout_for_size
+
+__all__ = ["Beamstop", "static_pixel_mask", "region_mask", "frame_valid"]
+
+
+@dataclass(frozen=True)
+class Beamstop:
+    """Beamstop shadow in pixel coordinates (0-based fast x, slow y of pixel centres).
+
+    disc : (x, y, radius) or None. rectangle : (x0, x1, y0, y1) inclusive, or None
+    (e.g. the arm). polygon : sequence of (x, y) vertices, or None.
+    """
+
+    disc: tuple[float, float, float] | None = None
+    rectangle: tuple[float, float, float, float] | None = None
+    polygon: tuple[tuple[float, float], ...] | None = None
+
+    @classmethod
+    def parse(cls, disc=None, rectangle=None, polygon=None) -> "Beamstop":
+        """From CLI strings: disc "x,y,r", rectangle "x0,x1,y0,y1", polygon "x1,y1,x2,y2,...". """
+
+        def numbers(text, n, what):
+            try:
+                values = [float(v) for v in str(text).replace(",", " ").split()]
+            except ValueError:
+                raise MaskError(f"beamstop {what} {text!r}: not a list of numbers") from None
+            if (n and len(values) != n) or (not n and (len(values) < 6 or len(values) % 2)):
+                raise MaskError(f"beamstop {what} {text!r}: expected {n or 'an even number ≥ 6 of'} numbers")
+            return values
+
+        return cls(
+            disc=tuple(numbers(disc, 3, "disc")) if disc else None,
+            rectangle=tuple(numbers(rectangle, 4, "rectangle")) if rectangle else None,
+            polygon=tuple(zip(*[iter(numbers(polygon, 0, "polygon"))] * 2)) if polygon else None,
+        )
+
+
+def region_mask(shape, kind: str, params) -> np.ndarray:
+    """Boolean (n_slow, n_fast), True inside a region given in 0-based pixel coordinates.
+
+    kind "rectangle": (x0, x1, y0, y1) inclusive. "ellipse": bounding box (x0, x1, y0, y1).
+    "quadrilateral"/"polygon": vertices x1, y1, x2, y2, … "disc": (x, y, r).
+    """
+    n_slow, n_fast = shape
+    y, x = np.mgrid[0:n_slow, 0:n_fast]
+    if kind == "rectangle":
+        x0, x1, y0, y1 = params
+        return (x >= x0) & (x <= x1) & (y >= y0) & (y <= y1)
+    if kind == "ellipse":
+        x0, x1, y0, y1 = params
+        cx, cy, ax, ay = (x0 + x1) / 2, (y0 + y1) / 2, max((x1 - x0) / 2, 0.5), max((y1 - y0) / 2, 0.5)
+        return ((x - cx) / ax) ** 2 + ((y - cy) / ay) ** 2 <= 1
+    if kind == "disc":
+        cx, cy, r = params
+        return (x - cx) ** 2 + (y - cy) ** 2 <= r * r
+    if kind in ("quadrilateral", "polygon"):
+        from matplotlib.path import Path  # noqa: PLC0415
+
+        vertices = np.asarray(params, dtype=float).reshape(-1, 2)
+        inside = Path(vertices).contains_points(np.column_stack([x.ravel(), y.ravel()]), radius=1e-9)
+        return inside.reshape(shape)
+    raise MaskError(f"unknown mask region kind {kind!r}")
+
+
+def static_pixel_mask(panel, first_frame: np.ndarray | None = None, untrusted=(), beamstop: Beamstop | None = None,
+                      mask_chip_borders: bool = False) -> np.ndarray:
+    """Boolean (n_slow, n_fast) mask of usable pixels (True = use)."""
+    shape = panel.shape
+    mask = np.ones(shape, dtype=bool)
+    layout = layout_for_size(panel.image_size)
+    if layout is not None:
+        mask &= layout.gap_mask()
+        if mask_chip_borders:
+            mask &= layout.chip_border_mask()
+    if first_frame is not None:
+        if first_frame.shape != shape:
+            raise MaskError(f"first frame has shape {first_frame.shape}, panel expects {shape}")
+        mask &= first_frame >= 0
+    for kind, params in untrusted:
+        mask &= ~region_mask(shape, kind, params)
+    if beamstop is not None:
+        if beamstop.disc:
+            mask &= ~region_mask(shape, "disc", beamstop.disc)
+        if beamstop.rectangle:
+            mask &= ~region_mask(shape, "rectangle", beamstop.rectangle)
+        if beamstop.polygon:
+            mask &= ~region_mask(shape, "polygon", [c for v in beamstop.polygon for c in v])
+    return mask
+
+
+def frame_valid(frames, trusted_range):
+    """Per-frame validity (same array module as ``frames``): min_valid ≤ value < overload."""
+    min_valid, overload = trusted_range
+    return (frames >= min_valid) & (frames < overload)

@@ -1,0 +1,433 @@
+"""Synthetic rotation datasets with known truth, for the demo, the tests and the benchmarks.
+
+The physics here is written independently of the reduction code (it uses SciPy's rotations,
+its own pixel geometry in the XDS convention, its own correction factors and xraydb for
+attenuation) so that the reduction can be tested against it.
+
+Model of the expected counts of pixel p in frame z (0-based)::
+
+    E[c] = t_z · scale · b(z) · Ω_p · P_p · E_p · A_p · [ I_D(h) + I_iso(|s|) + I_B(h) ]
+
+* ``I_D``  diffuse: an anisotropic Gaussian envelope exp(−hᵀGh) (G symmetrised over the
+  Laue group) times a constant plus "halos" around each allowed reflection whose weights
+  vary randomly (symmetrically) from reflection to reflection — structure finer than the
+  Bragg lattice.
+* ``I_iso`` isotropic: a solvent ring at 1/3.2 Å⁻¹ plus a Compton-like rise with |s|.
+* ``I_B``  Bragg peaks of allowed reflections only (gemmi reflection conditions), Gaussian
+  in reciprocal space (σ in Å⁻¹), integrated over the frame's rotation by sub-sampling.
+* b(z) beam decay; Poisson noise; Pilatus gaps (−1), a few dead (−2) and hot pixels,
+  and zingers (single-frame spikes).
+
+Files written: ``frames/frame_NNNNN.cbf`` with a Pilatus mini-header, ``XDS.INP``,
+``GXPARM.XDS``, ``experiments.expt`` (DIALS), ``truth.h5`` (parameters, b(z), Bragg
+pixel counts and the voxel-averaged truth of every voxel the pixels visit).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field, replace
+
+import gemmi
+import h5py
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+__all__ = ["SimulationParameters", "PRESETS", "SimulatedModel", "simulate_dataset", "voxel_truth"]
+
+logger = logging.getLogger(__name__)
+
+PILATUS_MODULE = (487, 195)
+PILATUS_GAP = (7, 17)
+
+
+@dataclass(frozen=True)
+class SimulationParameters:
+    """Everything that defines a simulated dataset. Lengths in mm and Å, angles in degrees."""
+
+    modules: tuple[int, int] = (1, 3)          # Pilatus modules along fast, slow (1×3 = 300K)
+    pixel_size: float = 0.172
+    distance: float = 120.0
+    wavelength: float = 1.0
+    beam_offset_px: tuple[float, float] = (12.3, -20.7)   # beam centre relative to the image centre
+    detector_tilt_deg: tuple[float, float] = (0.6, -0.4)  # small rotations of the detector about x, y
+    beam_tilt: tuple[float, float] = (0.0012, -0.0008)
+    cell: tuple[float, float, float, float, float, float] = (40.0, 48.0, 56.0, 90.0, 90.0, 90.0)
+    space_group: str = "I 2 2 2"
+    orientation_seed: int = 11
+    n_frames: int = 60
+    phi0: float = 10.0
+    dphi: float = 0.5
+    exposure: float = 0.2
+    sub_samples: int = 5                       # rotation sub-samples per frame for Bragg peaks
+    thickness: float = 0.45
+    scale: float = 1.2e8                       # photons per unit intensity per s per sr
+    decay: float = 0.12                        # b(z) = 1 − decay·z/(n−1)
+    diffuse_level: float = 1.0
+    halo_level: float = 1.5
+    halo_width: float = 0.006                  # Å⁻¹ (Gaussian σ of the halo around each reflection)
+    b_factor: float = 12.0                     # Å², envelope exp(−B|s|²/4) of Bragg and diffuse
+    solvent_level: float = 1.2
+    compton_level: float = 0.8
+    bragg_level: float = 400.0
+    bragg_width: float = 0.0018                # Å⁻¹ (Gaussian σ of a Bragg peak)
+    n_hot: int = 3
+    n_dead: int = 20
+    zinger_rate: float = 2e-6                  # per pixel per frame
+    overload: int = 1048500
+    seed: int = 1
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(m * s + (m - 1) * g for m, s, g in zip(self.modules, PILATUS_MODULE, PILATUS_GAP))
+
+
+PRESETS = {
+    "tiny": SimulationParameters(modules=(1, 1), n_frames=12, distance=80.0),
+    "small": SimulationParameters(),
+    "p6m": SimulationParameters(modules=(5, 12), n_frames=50, distance=250.0, dphi=0.1, sub_samples=2,
+                                cell=(60.0, 70.0, 80.0, 90.0, 90.0, 90.0)),
+}
+
+
+@dataclass
+class SimulatedModel:
+    """Derived, deterministic quantities of a simulation (lab frame of XDS: beam along +z)."""
+
+    params: SimulationParameters
+    beam: np.ndarray = field(init=False)
+    axis: np.ndarray = field(init=False)
+    detector_axes: np.ndarray = field(init=False)  # rows: X, Y, normal
+    orgx: float = field(init=False)
+    orgy: float = field(init=False)
+    real_axes: np.ndarray = field(init=False)      # rows a, b, c (Å) at φ = 0
+    A: np.ndarray = field(init=False)
+    ops: list = field(init=False)
+    envelope: np.ndarray = field(init=False)       # G, exp(−hᵀ G h)
+    table_origin: np.ndarray = field(init=False)
+    halo_weight: np.ndarray = field(init=False)
+    bragg_weight: np.ndarray = field(init=False)
+
+    def __post_init__(self):
+        p = self.params
+        self.beam = np.array([p.beam_tilt[0], p.beam_tilt[1], 1.0])
+        self.beam /= np.linalg.norm(self.beam)
+        self.axis = np.array([1.0, 0.0, 0.0])
+        tilt = Rotation.from_euler("xy", p.detector_tilt_deg, degrees=True).as_matrix()
+        self.detector_axes = (tilt @ np.eye(3)).T
+        nx, ny = p.image_size
+        self.orgx = (nx + 1) / 2 + p.beam_offset_px[0]
+        self.orgy = (ny + 1) / 2 + p.beam_offset_px[1]
+        cell = gemmi.UnitCell(*p.cell)
+        orth = np.array(cell.orth.mat.tolist())           # columns: a, b, c (Å)
+        u = Rotation.random(random_state=p.orientation_seed).as_matrix()
+        self.real_axes = (u @ orth).T
+        self.A = np.linalg.inv(self.real_axes)
+        sg = gemmi.SpaceGroup(p.space_group)
+        rots = {tuple(np.array(op.rot).ravel() // gemmi.Op.DEN) for op in sg.operations()}
+        self.ops = [np.array(r).reshape(3, 3) for r in sorted(rots)]
+        self.ops += [-r for r in self.ops]
+        # reciprocal metric and a symmetrised anisotropic envelope
+        gstar = self.A.T @ self.A
+        aniso = gstar * (p.b_factor / 4) @ np.diag([1.4, 0.8, 1.0])
+        self.envelope = sum(r @ aniso @ r.T for r in self.ops) / len(self.ops)
+        # symmetric pseudo-random weights per integer reflection, allowed ones only
+        dmin = self._dmin()
+        hmax = np.ceil(np.linalg.norm(self.real_axes, axis=1) / dmin).astype(int) + 2
+        grid = np.stack(np.meshgrid(*[np.arange(-m, m + 1) for m in hmax], indexing="ij"), -1).reshape(-1, 3)
+        self.table_origin = -hmax
+        rng_key = np.uint64(p.seed * 7919 + 17)
+        mean_hash = sum(_hash_unit(grid @ r.T, rng_key) for r in self.ops) / len(self.ops)
+        allowed = ~sg.operations().systematic_absences(grid.astype(np.int32))
+        shape = tuple(2 * hmax + 1)
+        self.halo_weight = (np.where(allowed, 0.3 + 1.4 * mean_hash, 0.0)).reshape(shape)
+        # Wilson-like exponential amplitudes from the same symmetric uniform numbers
+        wilson = -np.log(np.clip(1 - mean_hash, 1e-6, 1))
+        self.bragg_weight = (np.where(allowed, wilson, 0.0)).reshape(shape)
+
+    def _dmin(self) -> float:
+        r = self.pixel_positions()[[0, 0, -1, -1], [0, -1, 0, -1]]
+        s = r / np.linalg.norm(r, axis=-1, keepdims=True) / self.params.wavelength - self.beam / self.params.wavelength
+        return 1 / np.linalg.norm(s, axis=-1).max()
+
+    def pixel_positions(self) -> np.ndarray:
+        """(ny, nx, 3) mm; XDS convention: pixel with 0-based index i is at X = i + 1."""
+        p = self.params
+        nx, ny = p.image_size
+        ex, ey, en = self.detector_axes
+        x = (np.arange(nx) + 1 - self.orgx) * p.pixel_size
+        y = (np.arange(ny) + 1 - self.orgy) * p.pixel_size
+        return p.distance * en + x[None, :, None] * ex + y[:, None, None] * ey
+
+    def gaps(self) -> np.ndarray:
+        """True on module-gap pixels."""
+        nx, ny = self.params.image_size
+        fx = (np.arange(nx) % (PILATUS_MODULE[0] + PILATUS_GAP[0])) >= PILATUS_MODULE[0]
+        fy = (np.arange(ny) % (PILATUS_MODULE[1] + PILATUS_GAP[1])) >= PILATUS_MODULE[1]
+        return fx[None, :] | fy[:, None]
+
+    def corrections(self, positions) -> np.ndarray:
+        """Ω·P·E·A per pixel, written out from first principles."""
+        import xraydb  # noqa: PLC0415
+
+        p = self.params
+        d = np.linalg.norm(positions, axis=-1)
+        unit = positions / d[..., None]
+        cos_w = unit @ self.detector_axes[2]
+        omega = p.pixel_size**2 * cos_w / d**2
+        pol_normal = np.array([0.0, 1.0, 0.0])
+        e_strong = np.cross(pol_normal, self.beam)
+        e_strong /= np.linalg.norm(e_strong)
+        e_weak = np.cross(self.beam, e_strong)
+        frac = 0.99
+        polar = frac * (1 - (unit @ e_strong) ** 2) + (1 - frac) * (1 - (unit @ e_weak) ** 2)
+        energy = 12398.419843320026 / p.wavelength
+        mu_si = xraydb.material_mu("Si", energy, density=2.329) / 10.0    # 1/mm
+        mu_air = xraydb.material_mu("air", energy, density=0.001205) / 10.0
+        efficiency = 1 - np.exp(-mu_si * p.thickness / cos_w)
+        air = np.exp(-mu_air * d)
+        return omega * polar * efficiency * air
+
+    def _lookup(self, table, g):
+        idx = g - self.table_origin
+        inside = np.all((idx >= 0) & (idx < np.array(table.shape)), axis=-1)
+        idx = np.where(inside[..., None], idx, 0)
+        return np.where(inside, table[idx[..., 0], idx[..., 1], idx[..., 2]], 0.0)
+
+    def diffuse(self, hkl) -> np.ndarray:
+        """Diffuse intensity I_D at fractional hkl (..., 3)."""
+        p = self.params
+        g = np.rint(hkl).astype(np.int64)
+        delta_s = (hkl - g) @ self.A.T
+        halo = self._lookup(self.halo_weight, g) * np.exp(-np.sum(delta_s**2, -1) / (2 * p.halo_width**2))
+        env = np.exp(-np.einsum("...i,ij,...j->...", hkl, self.envelope, hkl))
+        return p.diffuse_level * env * (1.0 + p.halo_level * halo)
+
+    def isotropic(self, s_norm) -> np.ndarray:
+        p = self.params
+        ring = p.solvent_level * np.exp(-((s_norm - 1 / 3.2) ** 2) / (2 * 0.045**2))
+        return ring + p.compton_level * (1 - np.exp(-3.0 * s_norm**2))
+
+    def bragg(self, hkl) -> np.ndarray:
+        p = self.params
+        g = np.rint(hkl).astype(np.int64)
+        delta_s = (hkl - g) @ self.A.T
+        s2 = np.sum((g @ self.A.T) ** 2, -1)
+        amp = p.bragg_level * self._lookup(self.bragg_weight, g) * np.exp(-p.b_factor * s2 / 4)
+        return amp * np.exp(-np.sum(delta_s**2, -1) / (2 * p.bragg_width**2))
+
+    def decay(self, z) -> np.ndarray:
+        n = self.params.n_frames
+        return 1.0 - self.params.decay * np.asarray(z, float) / max(n - 1, 1)
+
+    def rotation(self, phi_deg) -> np.ndarray:
+        return Rotation.from_rotvec(np.deg2rad(phi_deg) * self.axis).as_matrix()
+
+
+def _hash_unit(integers, key) -> np.ndarray:
+    """Deterministic uniform numbers in [0, 1) from integer 3-vectors (splitmix64)."""
+    v = integers.astype(np.int64).view(np.uint64)
+    with np.errstate(over="ignore"):
+        x = v[..., 0] * np.uint64(0x9E3779B97F4A7C15) ^ v[..., 1] * np.uint64(0xC2B2AE3D27D4EB4F)
+        x = x ^ v[..., 2] * np.uint64(0x165667B19E3779F9) ^ key
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return (x >> np.uint64(11)).astype(np.float64) / float(2**53)
+
+
+def voxel_truth(model: SimulatedModel, hkl_centres, ndiv, samples: int = 3) -> np.ndarray:
+    """Truth I_D + I_iso averaged over voxels centred at ``hkl_centres`` (N, 3) of size 1/ndiv,
+    by a ``samples``³ midpoint rule."""
+    centres = np.asarray(hkl_centres, dtype=np.float64)
+    width = 1.0 / np.asarray(ndiv, dtype=np.float64)
+    offsets = (np.arange(samples) + 0.5) / samples - 0.5
+    grid = np.stack(np.meshgrid(offsets, offsets, offsets, indexing="ij"), -1).reshape(-1, 3) * width
+    total = np.zeros(len(centres))
+    for chunk in range(0, len(centres), 200_000):
+        c = centres[chunk: chunk + 200_000][:, None, :] + grid[None, :, :]
+        s_norm = np.linalg.norm(c @ model.A.T, axis=-1)
+        total[chunk: chunk + 200_000] = np.mean(model.diffuse(c) + model.isotropic(s_norm), axis=1)
+    return total
+
+
+def simulate_dataset(outdir: str, params: SimulationParameters | str = "small", ndiv=(3, 3, 3),
+                     progress: bool = True, **overrides) -> str:
+    """Write a simulated dataset to ``outdir`` (which must not already hold one). Returns outdir."""
+    from tqdm import tqdm  # noqa: PLC0415
+
+    if isinstance(params, str):
+        params = PRESETS[params]
+    params = replace(params, **overrides)
+    if os.path.exists(os.path.join(outdir, "XDS.INP")):
+        raise FileExistsError(f"{outdir} already holds a dataset (XDS.INP); choose an empty folder")
+    os.makedirs(os.path.join(outdir, "frames"), exist_ok=True)
+    model = SimulatedModel(params)
+    rng = np.random.default_rng(params.seed)
+    positions = model.pixel_positions()
+    ny, nx = positions.shape[:2]
+    s_vectors = (positions / np.linalg.norm(positions, axis=-1, keepdims=True) - model.beam) / params.wavelength
+    s_norm = np.linalg.norm(s_vectors, axis=-1)
+    factor = model.corrections(positions)
+    isotropic = model.isotropic(s_norm)
+    gaps = model.gaps()
+    flat = rng.choice(np.flatnonzero(~gaps.ravel()), params.n_dead + params.n_hot, replace=False)
+    dead, hot = flat[: params.n_dead], flat[params.n_dead:]
+    visited = set()
+    n = np.asarray(ndiv)
+    bragg_pixels = np.zeros(params.n_frames, dtype=np.int64)
+    inv_a = np.linalg.inv(model.A)
+    for z in tqdm(range(params.n_frames), desc="simulate", unit="frame", disable=not progress):
+        phi_mid = params.phi0 + (z + 0.5) * params.dphi
+        hkl_mid = s_vectors @ (inv_a @ model.rotation(phi_mid).T).T
+        intensity = model.diffuse(hkl_mid) + isotropic
+        bragg = np.zeros_like(intensity)
+        for k in range(params.sub_samples):
+            phi = params.phi0 + (z + (k + 0.5) / params.sub_samples) * params.dphi
+            hkl = s_vectors @ (inv_a @ model.rotation(phi).T).T
+            bragg += model.bragg(hkl)
+        bragg /= params.sub_samples
+        expected = params.exposure * params.scale * model.decay(z) * factor
+        counts = rng.poisson(expected * (intensity + bragg)).astype(np.int64)
+        bragg_pixels[z] = np.count_nonzero(expected * bragg > 1.0)
+        zingers = rng.random(counts.shape) < params.zinger_rate
+        counts[zingers] += rng.integers(500, 5000, np.count_nonzero(zingers))
+        counts.ravel()[hot] = 60000
+        counts = np.minimum(counts, params.overload)
+        counts[gaps] = -1
+        counts.ravel()[dead] = -2
+        _write_cbf(os.path.join(outdir, "frames", f"frame_{z + 1:05d}.cbf"), counts.astype(np.int32), params, model, z)
+        keys = np.rint(hkl_mid[~gaps] * n).astype(np.int64)
+        visited.update(map(tuple, np.unique(keys, axis=0)))
+    _write_xds(outdir, params, model)
+    _write_dials(outdir, params, model)
+    keys = np.array(sorted(visited), dtype=np.int64)
+    truth = voxel_truth(model, keys / n, ndiv)
+    with h5py.File(os.path.join(outdir, "truth.h5"), "w") as f:
+        f.attrs["parameters"] = json.dumps(asdict(params))
+        f.attrs["ndiv"] = n
+        f["decay"] = model.decay(np.arange(params.n_frames))
+        f["bragg_pixels_per_frame"] = bragg_pixels
+        f["voxel/H"], f["voxel/K"], f["voxel/L"] = keys[:, 0], keys[:, 1], keys[:, 2]
+        f["voxel/intensity"] = truth
+        f["hot_pixels"] = hot
+        f["dead_pixels"] = dead
+    return outdir
+
+
+def load_model(outdir: str) -> SimulatedModel:
+    """The model of a dataset written by :func:`simulate_dataset`."""
+    with h5py.File(os.path.join(outdir, "truth.h5"), "r") as f:
+        raw = json.loads(f.attrs["parameters"])
+    raw = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+    return SimulatedModel(SimulationParameters(**raw))
+
+
+def _write_cbf(path, data, params, model, z):
+    from fabio.cbfimage import CbfImage  # noqa: PLC0415
+
+    nx, ny = params.image_size
+    header = "\r\n".join([
+        f"# Detector: PILATUS 300K (simulated by gpudiffuse), S/N 0-000",
+        f"# Pixel_size {params.pixel_size * 1e-3:.6g} m x {params.pixel_size * 1e-3:.6g} m",
+        f"# Silicon sensor, thickness {params.thickness * 1e-3:.6f} m",
+        f"# Exposure_time {params.exposure:.7f} s",
+        f"# Exposure_period {params.exposure:.7f} s",
+        f"# Count_cutoff {params.overload} counts",
+        f"# Wavelength {params.wavelength:.5f} A",
+        f"# Detector_distance {params.distance * 1e-3:.5f} m",
+        f"# Beam_xy ({model.orgx - 1:.2f}, {model.orgy - 1:.2f}) pixels",
+        f"# Start_angle {params.phi0 + z * params.dphi:.4f} deg.",
+        f"# Angle_increment {params.dphi:.4f} deg.",
+        "",
+    ])
+    CbfImage(data=data, header={"_array_data.header_convention": "PILATUS_1.2",
+                                "_array_data.header_contents": header}).write(path)
+
+
+def _write_xds(outdir, params, model):
+    nx, ny = params.image_size
+    ex, ey, en = model.detector_axes
+    sg = gemmi.SpaceGroup(params.space_group)
+    inp = [
+        "! simulated by gpudiffuse.simulate",
+        "JOB= XYCORR INIT COLSPOT IDXREF DEFPIX INTEGRATE CORRECT",
+        "DETECTOR=PILATUS  MINIMUM_VALID_PIXEL_VALUE=0  OVERLOAD= %d" % params.overload,
+        "NX= %d NY= %d  QX= %.6f  QY= %.6f" % (nx, ny, params.pixel_size, params.pixel_size),
+        "SENSOR_THICKNESS= %.4f" % params.thickness,
+        "DIRECTION_OF_DETECTOR_X-AXIS= %.8f %.8f %.8f" % tuple(ex),
+        "DIRECTION_OF_DETECTOR_Y-AXIS= %.8f %.8f %.8f" % tuple(ey),
+        "ORGX= %.3f ORGY= %.3f  ! nominal header values" % (model.orgx + 0.7, model.orgy - 0.4),
+        "DETECTOR_DISTANCE= %.3f" % (params.distance + 0.5),
+        "ROTATION_AXIS= 1 0 0",
+        "OSCILLATION_RANGE= %.4f" % params.dphi,
+        "STARTING_ANGLE= %.4f  STARTING_FRAME= 1" % params.phi0,
+        "X-RAY_WAVELENGTH= %.6f" % params.wavelength,
+        "INCIDENT_BEAM_DIRECTION= 0 0 1",
+        "FRACTION_OF_POLARIZATION= 0.99",
+        "POLARIZATION_PLANE_NORMAL= 0 1 0",
+        "SPACE_GROUP_NUMBER= %d" % sg.number,
+        "UNIT_CELL_CONSTANTS= %.3f %.3f %.3f %.2f %.2f %.2f" % params.cell,
+        "NAME_TEMPLATE_OF_DATA_FRAMES= frames/frame_?????.cbf",
+        "DATA_RANGE= 1 %d" % params.n_frames,
+        "TRUSTED_REGION= 0.0 1.5",
+        "UNTRUSTED_RECTANGLE= %d %d %d %d" % (nx // 2 - 3, nx // 2 + 3, ny - 6, ny),
+    ]
+    with open(os.path.join(outdir, "XDS.INP"), "w") as f:
+        f.write("\n".join(inp) + "\n")
+    a, b, c = model.real_axes
+    cell = params.cell
+    lines = [
+        " XPARM.XDS    VERSION Jan 10, 2026  (gpudiffuse simulator)",
+        "%6d %13.4f %9.4f %9.6f %9.6f %9.6f" % (1, params.phi0, params.dphi, *model.axis),
+        "%15.6f %15.6f %15.6f %15.6f" % (params.wavelength, *(model.beam / params.wavelength)),
+        "%6d %11.4f %11.4f %11.4f %7.3f %7.3f %7.3f" % (sg.number, *cell),
+        "%15.6f %15.6f %15.6f" % tuple(a),
+        "%15.6f %15.6f %15.6f" % tuple(b),
+        "%15.6f %15.6f %15.6f" % tuple(c),
+        "%10d %10d %10d %11.6f %11.6f" % (1, nx, ny, params.pixel_size, params.pixel_size),
+        "%15.6f %15.6f %15.6f" % (model.orgx, model.orgy, params.distance),
+        "%15.9f %15.9f %15.9f" % tuple(ex),
+        "%15.9f %15.9f %15.9f" % tuple(ey),
+        "%15.9f %15.9f %15.9f" % tuple(en),
+        "%10d %10d %10d %10d %10d" % (1, 1, nx, 1, ny),
+        "%8.2f %8.2f %8.2f %9.5f %9.5f %9.5f %9.5f %9.5f %9.5f" % (0, 0, 0, 1, 0, 0, 0, 1, 0),
+    ]
+    with open(os.path.join(outdir, "GXPARM.XDS"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def _write_dials(outdir, params, model):
+    nx, ny = params.image_size
+    ex, ey, en = model.detector_axes
+    # corner of pixel (0, 0) in the XDS frame: X = Y = 0.5
+    origin = params.distance * en + (0.5 - model.orgx) * params.pixel_size * ex + (0.5 - model.orgy) * params.pixel_size * ey
+    a, b, c = model.real_axes
+    sg = gemmi.SpaceGroup(params.space_group)
+    doc = {
+        "__id__": "ExperimentList",
+        "experiment": [{"__id__": "Experiment", "identifier": "sim", "beam": 0, "detector": 0, "goniometer": 0,
+                        "scan": 0, "crystal": 0, "imageset": 0}],
+        "imageset": [{"__id__": "ImageSequence", "template": "frames/frame_#####.cbf"}],
+        "beam": [{"direction": list(-model.beam), "wavelength": params.wavelength,
+                  "polarization_normal": [0.0, 1.0, 0.0], "polarization_fraction": 0.99}],
+        "detector": [{"hierarchy": {"origin": [0.0, 0.0, 0.0], "fast_axis": [1.0, 0.0, 0.0],
+                                    "slow_axis": [0.0, 1.0, 0.0], "children": [{"panel": 0}]},
+                      "panels": [{"name": "Panel", "type": "SENSOR_PAD", "origin": list(origin),
+                                  "fast_axis": list(ex), "slow_axis": list(ey),
+                                  "pixel_size": [params.pixel_size, params.pixel_size], "image_size": [nx, ny],
+                                  "trusted_range": [-1.0, float(params.overload)], "thickness": params.thickness,
+                                  "material": "Si", "mask": []}]}],
+        "goniometer": [{"rotation_axis": list(model.axis), "fixed_rotation": [1, 0, 0, 0, 1, 0, 0, 0, 1],
+                        "setting_rotation": [1, 0, 0, 0, 1, 0, 0, 0, 1]}],
+        "scan": [{"image_range": [1, params.n_frames], "oscillation": [params.phi0, params.dphi],
+                  "exposure_time": [params.exposure] * params.n_frames, "batch_offset": 0}],
+        "crystal": [{"__id__": "crystal", "real_space_a": list(a), "real_space_b": list(b), "real_space_c": list(c),
+                     "space_group_hall_symbol": sg.hall}],
+    }
+    with open(os.path.join(outdir, "experiments.expt"), "w") as f:
+        json.dump(doc, f, indent=1)
