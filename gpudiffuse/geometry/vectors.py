@@ -16,6 +16,7 @@ __all__ = [
     "sweep_fractional_hkl",
     "d_spacing",
     "edge_resolution",
+    "rays_to_pixels",
 ]
 
 
@@ -60,3 +61,18 @@ def edge_resolution(panel: Panel, beam: Beam) -> tuple[float, float]:
     slow = np.concatenate([np.zeros(n_fast), np.full(n_fast, n_slow - 1), np.arange(n_slow), np.arange(n_slow)])
     s_norm = np.linalg.norm(s_vectors_from_positions(panel.pixel_positions(fast, slow), beam), axis=-1)
     return 1.0 / s_norm.max(), 1.0 / s_norm.min()
+
+
+def rays_to_pixels(panel: Panel, rays: np.ndarray) -> np.ndarray:
+    """0-based (fast, slow) pixel-centre coordinates where rays from the sample hit the panel's
+    plane; NaN for rays that point away from it. ``rays`` (..., 3) lab directions; result (..., 2)."""
+    rays = np.asarray(rays, dtype=np.float64)
+    normal = panel.normal
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.dot(panel.origin, normal) / (rays @ normal)
+    t = np.where(t > 0, t, np.nan)
+    offset = rays * t[..., None] - panel.origin
+    # solve offset = u·fast + v·slow in the panel plane (axes need not be orthogonal)
+    basis = np.stack([panel.fast_axis, panel.slow_axis], axis=1)
+    uv = offset @ np.linalg.pinv(basis).T
+    return np.stack([uv[..., 0] / panel.pixel_size[0] - 0.5, uv[..., 1] / panel.pixel_size[1] - 0.5], axis=-1)

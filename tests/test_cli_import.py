@@ -1,0 +1,100 @@
+"""The import command end to end, and its answers to bad input (message + no output left)."""
+
+import json
+import os
+
+import pytest
+
+from gpudiffuse.cli import build_parser, main
+
+
+def run_import(capsys, *args):
+    code = main(["import", *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_import_xds_writes_experiment_and_summary(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, _ = run_import(capsys, "--xds", str(tiny_dataset), "-o", str(out))
+    assert code == 0
+    assert (out / "experiment.nxs").is_file()
+    for word in ("unit cell", "I 2 2 2", "wavelength", "Pilatus", "12 frames", "resolution", "masked"):
+        assert word in stdout
+    from gpudiffuse.experiment import read_experiment
+
+    exp = read_experiment(str(out / "experiment.nxs"))
+    assert exp.sweeps[0].scan.num_frames == 12
+    assert exp.masks[0].shape == (195, 487) and not exp.masks[0][194, 243]  # untrusted rectangle
+    # a second import does not overwrite without being asked
+    code, _, err = run_import(capsys, "--xds", str(tiny_dataset), "-o", str(out))
+    assert code == 1 and "--overwrite" in err
+
+
+def test_parser_needs_no_data():
+    args = build_parser().parse_args(["import", "--expt", "a.expt", "b.expt", "-o", "x"])
+    assert args.expt == ["a.expt", "b.expt"] and args.xds is None
+
+
+def _expect_failure(capsys, tmp_path, args, *fragments):
+    out = tmp_path / "out"
+    code, _, err = run_import(capsys, *args, "-o", str(out))
+    assert code == 1, err
+    for fragment in fragments:
+        assert fragment in err, err
+    assert not out.exists(), "no partial output may be left behind"
+
+
+def test_missing_xds_inp(tiny_copy, tmp_path, capsys):
+    os.remove(tiny_copy / "XDS.INP")
+    _expect_failure(capsys, tmp_path, ["--xds", str(tiny_copy)], "XDS.INP not found", str(tiny_copy))
+
+
+def test_missing_xparm(tiny_copy, tmp_path, capsys):
+    os.remove(tiny_copy / "GXPARM.XDS")
+    _expect_failure(capsys, tmp_path, ["--xds", str(tiny_copy)], "neither GXPARM.XDS nor XPARM.XDS")
+
+
+def test_malformed_keyword(tiny_copy, tmp_path, capsys):
+    inp = tiny_copy / "XDS.INP"
+    inp.write_text(inp.read_text().replace("DATA_RANGE= 1 12", "DATA_RANGE= 1 twelve"))
+    _expect_failure(capsys, tmp_path, ["--xds", str(tiny_copy)], "XDS.INP", "DATA_RANGE= has a malformed value")
+
+
+def test_template_matching_no_files(tiny_copy, tmp_path, capsys):
+    inp = tiny_copy / "XDS.INP"
+    inp.write_text(inp.read_text().replace("frames/frame_?????.cbf", "frames/nothing_?????.cbf"))
+    _expect_failure(capsys, tmp_path, ["--xds", str(tiny_copy)], "nothing_?????.cbf", "matches no files")
+
+
+def test_image_size_not_matching_geometry(tiny_copy, tmp_path, capsys):
+    for name in ("XDS.INP",):
+        path = tiny_copy / name
+        path.write_text(path.read_text().replace("NX= 487 NY= 195", "NX= 487 NY= 194"))
+    xparm = tiny_copy / "GXPARM.XDS"
+    xparm.write_text(xparm.read_text().replace("       487        195", "       487        194"))
+    _expect_failure(capsys, tmp_path, ["--xds", str(tiny_copy)], "frame_00001.cbf is 487x195", "487x194")
+
+
+def test_corrupt_cbf(tiny_copy, tmp_path, capsys):
+    frame = tiny_copy / "frames" / "frame_00001.cbf"
+    frame.write_bytes(frame.read_bytes()[:5000])
+    _expect_failure(capsys, tmp_path, ["--xds", str(tiny_copy)], "frame_00001.cbf")
+
+
+def test_unknown_space_group(tiny_copy, tmp_path, capsys):
+    path = tiny_copy / "experiments.expt"
+    doc = json.loads(path.read_text())
+    doc["crystal"][0]["space_group_hall_symbol"] = " Q 9 z"
+    path.write_text(json.dumps(doc))
+    _expect_failure(capsys, tmp_path, ["--expt", str(path)], "unknown space group")
+
+
+def test_json_that_is_not_an_experiment_list(tmp_path, capsys):
+    path = tmp_path / "refl.json"
+    path.write_text('{"__id__": "reflection_table"}')
+    _expect_failure(capsys, tmp_path, ["--expt", str(path)], str(path), "not a DIALS ExperimentList")
+
+
+def test_both_or_neither_geometry_source(tiny_dataset, tmp_path, capsys):
+    _expect_failure(capsys, tmp_path, [], "exactly one geometry source")
