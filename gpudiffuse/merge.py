@@ -1,0 +1,232 @@
+"""Symmetry merging of voxel observations and merging statistics.
+
+Voxel indices (H, K, L) in units of 1/nᵢ are mapped to the reciprocal-space asymmetric unit
+of the Laue group (Friedel mates merged; gemmi's ASU conditions and operators). The grid
+must be compatible with the symmetry: every operator must map the grid onto itself
+(e.g. n₁ = n₂ for tetragonal groups). Merging is the inverse-variance weighted mean with
+two-sided outlier rejection at k·rms of the normalised residuals (rounds that
+reject at most the worst observation of a voxel each); random half-sets give
+CC½, CC* and R-split per resolution shell.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import gemmi
+import numpy as np
+
+from .errors import SymmetryError
+
+__all__ = ["MergeParameters", "laue_operators", "check_grid_symmetry", "map_to_asu", "merge", "shell_statistics",
+           "expand_to_grid"]
+
+
+@dataclass(frozen=True)
+class MergeParameters:
+    """outlier_k : reject |I − Î|/σ > k·rms (None: no rejection). n_shells : resolution shells
+    of equal reciprocal volume. seed : half-set assignment. anomalous : keep Friedel mates apart."""
+
+    outlier_k: float | None = 5.0
+    n_shells: int = 10
+    seed: int = 0
+    anomalous: bool = False
+
+
+def laue_operators(space_group) -> np.ndarray:
+    """(2·n_rot, 3, 3) integer matrices R acting on row vectors (h' = h R): the rotation parts of
+    the space group's operators, then their negatives (Friedel). Identity first."""
+    rots = []
+    for op in space_group.operations().sym_ops:
+        # gemmi's rot acts on real-space column vectors x; Miller indices transform as h' = h·R
+        r = np.array(op.rot, dtype=np.int64) // gemmi.Op.DEN
+        if not any(np.array_equal(r, q) for q in rots):
+            rots.append(r)
+    rots.sort(key=lambda m: not np.array_equal(m, np.eye(3, dtype=np.int64)))
+    return np.array(rots + [-q for q in rots])
+
+
+def _grid_operators(space_group, ndiv) -> np.ndarray:
+    n = np.asarray(ndiv, dtype=np.float64)
+    ops = laue_operators(space_group).astype(np.float64)
+    # H = h·N, H' = h' N = H N⁻¹ R N
+    return ops * n[None, None, :] / n[None, :, None]
+
+
+def check_grid_symmetry(space_group, ndiv):
+    """Raise SymmetryError if some operator of the Laue group does not map the ndiv grid onto itself."""
+    for op in _grid_operators(space_group, ndiv):
+        if not np.allclose(op, np.rint(op)):
+            raise SymmetryError(
+                f"--ndiv {' '.join(map(str, ndiv))} is incompatible with Laue group {space_group.laue_str()} "
+                f"of {space_group.hm}: symmetry-related axes need equal subdivisions"
+            )
+
+
+def _asu_predicate(space_group):
+    """Vectorised gemmi ASU condition: text like 'l>0 or (l=0 and h>=0)' → function of (h, k, l)."""
+    text = gemmi.ReciprocalAsu(space_group).condition_str()
+    expr = re.sub(r"([hkl])\s*(>=|<=|>|<|=)\s*([hkl0-9]+)",
+                  lambda m: f"({m.group(1)}{'==' if m.group(2) == '=' else m.group(2)}{m.group(3)})", text)
+    expr = expr.replace(" and ", " & ").replace(" or ", " | ")
+    if not re.fullmatch(r"[hkl0-9()&|<>=! ]+", expr):
+        raise SymmetryError(f"cannot interpret gemmi's ASU condition {text!r}")
+    code = compile(expr, "<asu>", "eval")
+    return lambda h, k, l: eval(code, {}, {"h": h, "k": k, "l": l})  # noqa: S307 (validated above)
+
+
+def map_to_asu(voxels: np.ndarray, space_group, ndiv) -> tuple[np.ndarray, np.ndarray]:
+    """Map integer voxel indices (N, 3) into the ASU. Returns (ASU voxels (N, 3), operator index
+    (N,)); operator indices ≥ n_ops/2 involve Friedel inversion."""
+    check_grid_symmetry(space_group, ndiv)
+    ops = np.rint(_grid_operators(space_group, ndiv)).astype(np.int64)
+    inside = _asu_predicate(space_group)
+    voxels = np.asarray(voxels, dtype=np.int64)
+    out = np.zeros_like(voxels)
+    which = np.full(len(voxels), -1, dtype=np.int64)
+    for i, op in enumerate(ops):
+        todo = np.flatnonzero(which < 0)
+        if todo.size == 0:
+            break
+        image = voxels[todo] @ op
+        ok = inside(image[:, 0], image[:, 1], image[:, 2])
+        out[todo[ok]] = image[ok]
+        which[todo[ok]] = i
+    if (which < 0).any():
+        raise SymmetryError(f"{np.count_nonzero(which < 0)} voxels found no ASU image (bug)")
+    return out, which
+
+
+def _pack(v):
+    v = np.asarray(v, dtype=np.int64) + (1 << 20)
+    return (v[:, 0] << 42) | (v[:, 1] << 21) | v[:, 2]
+
+
+def _weighted_mean(group, n_groups, values, sigma):
+    w = 1.0 / sigma**2
+    sw = np.bincount(group, weights=w, minlength=n_groups)
+    swi = np.bincount(group, weights=w * values, minlength=n_groups)
+    n = np.bincount(group, minlength=n_groups)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return swi / sw, 1.0 / np.sqrt(sw), n
+
+
+def merge(table: dict, space_group, ndiv, A_metric: np.ndarray, params: MergeParameters = MergeParameters(),
+          value: str = "rate", sigma: str = "sigma"):
+    """Merge observation rows into ASU voxels.
+
+    Parameters
+    ----------
+    table : observation columns (H, K, L, ``value``, ``sigma``, ...).
+    A_metric : reciprocal metric G* = AᵀA (1/Å²) for |s| of voxel centres.
+
+    Returns
+    -------
+    merged : dict with H, K, L (ASU, 1/nᵢ units), h, k, l (fractional), intensity, sigma, n, s
+        (and ``friedel`` when anomalous); stats : per-shell dict of arrays; rejected : count.
+    """
+    voxels = np.column_stack([table["H"], table["K"], table["L"]])
+    asu, which = map_to_asu(voxels, space_group, ndiv)
+    values = np.asarray(table[value], dtype=np.float64)
+    sig = np.asarray(table[sigma], dtype=np.float64)
+    key = _pack(asu)
+    if params.anomalous:
+        key = key * 2 + (which >= len(laue_operators(space_group)) // 2)
+    unique, group = np.unique(key, return_inverse=True)
+    n_groups = len(unique)
+    keep = np.isfinite(values) & np.isfinite(sig) & (sig > 0)
+    rejected = 0
+    # each round rejects at most the worst observation of each voxel, so that one gross outlier
+    # cannot drag its voxel's mean far enough to condemn the good observations with it
+    for _ in range(8 if params.outlier_k else 0):
+        mean, _, n = _weighted_mean(group[keep], n_groups, values[keep], sig[keep])
+        resid = np.abs(values - mean[group]) / sig
+        multi = keep & (n[group] >= 2)
+        if not multi.any():
+            break
+        rms = np.sqrt(np.mean(resid[multi] ** 2))
+        candidates = np.flatnonzero(multi & (resid > params.outlier_k * rms))
+        if candidates.size == 0:
+            break
+        order = candidates[np.lexsort((-resid[candidates], group[candidates]))]
+        worst = order[np.r_[True, group[order][1:] != group[order][:-1]]]
+        rejected += int(worst.size)
+        keep[worst] = False
+    mean, err, n = _weighted_mean(group[keep], n_groups, values[keep], sig[keep])
+    first = np.zeros(n_groups, dtype=np.int64)
+    first[group[::-1]] = np.arange(len(group))[::-1]
+    asu_voxels = asu[first]
+    frac = asu_voxels / np.asarray(ndiv, dtype=np.float64)
+    s = np.sqrt(np.einsum("ni,ij,nj->n", frac, A_metric, frac))
+    present = n > 0
+    merged = {"H": asu_voxels[present, 0], "K": asu_voxels[present, 1], "L": asu_voxels[present, 2],
+              "h": frac[present, 0], "k": frac[present, 1], "l": frac[present, 2],
+              "intensity": mean[present], "sigma": err[present], "n": n[present].astype(np.int64), "s": s[present]}
+    if params.anomalous:
+        merged["friedel"] = (unique[present] % 2).astype(np.int8)
+    # random half-sets
+    rng = np.random.default_rng(params.seed)
+    half = rng.random(len(values)) < 0.5
+    halves = []
+    for h in (half, ~half):
+        sel = keep & h
+        m, e, nn = _weighted_mean(group[sel], n_groups, values[sel], sig[sel])
+        halves.append((m[present], e[present], nn[present]))
+    stats = shell_statistics(merged, halves, params.n_shells)
+    return merged, stats, rejected
+
+
+def shell_statistics(merged: dict, halves, n_shells: int) -> dict:
+    """Per-shell n, ⟨I⟩, variance, ⟨I/σ⟩, CC½, CC*, R-split (equal-volume shells in |s|)."""
+    s = merged["s"]
+    positive = s > 0
+    smin, smax = (s[positive].min(), s.max()) if positive.any() else (0.0, 1.0)
+    edges = np.cbrt(np.linspace(smin**3, smax**3 * (1 + 1e-9), n_shells + 1))
+    shell = np.clip(np.searchsorted(edges, s, side="right") - 1, 0, n_shells - 1)
+    (ia, _, na), (ib, _, nb) = halves
+    out = {k: np.zeros(n_shells) for k in ("d_max", "d_min", "n", "mean_I", "var_I", "mean_I_over_sigma",
+                                            "cc_half", "cc_star", "r_split", "n_pairs")}
+    out["d_max"] = 1 / np.maximum(edges[:-1], 1e-12)
+    out["d_min"] = 1 / edges[1:]
+    for i in range(n_shells):
+        sel = shell == i
+        out["n"][i] = sel.sum()
+        if not sel.any():
+            out["mean_I"][i] = out["var_I"][i] = out["mean_I_over_sigma"][i] = np.nan
+            out["cc_half"][i] = out["cc_star"][i] = out["r_split"][i] = np.nan
+            continue
+        values = merged["intensity"][sel]
+        out["mean_I"][i] = values.mean()
+        out["var_I"][i] = values.var()
+        out["mean_I_over_sigma"][i] = np.mean(values / merged["sigma"][sel])
+        pair = sel & (na > 0) & (nb > 0)
+        out["n_pairs"][i] = pair.sum()
+        if pair.sum() >= 3 and np.std(ia[pair]) > 0 and np.std(ib[pair]) > 0:
+            cc = np.corrcoef(ia[pair], ib[pair])[0, 1]
+            out["cc_half"][i] = cc
+            out["cc_star"][i] = np.sqrt(2 * cc / (1 + cc)) if cc > 0 else np.nan
+            out["r_split"][i] = np.sum(np.abs(ia[pair] - ib[pair])) / (np.sqrt(2) * 0.5 * np.sum(ia[pair] + ib[pair]))
+        else:
+            out["cc_half"][i] = out["cc_star"][i] = out["r_split"][i] = np.nan
+    return out
+
+
+def expand_to_grid(merged: dict, space_group, ndiv):
+    """Expand ASU voxels to every symmetry mate on a dense grid (NaN where unmeasured).
+
+    Returns (intensity, sigma) arrays of shape (2Hm+1, 2Km+1, 2Lm+1) and the integer axes."""
+    ops = np.rint(_grid_operators(space_group, ndiv)).astype(np.int64)
+    asu = np.column_stack([merged["H"], merged["K"], merged["L"]]).astype(np.int64)
+    images = np.concatenate([asu @ op for op in ops])
+    values = np.tile(merged["intensity"], len(ops))
+    errors = np.tile(merged["sigma"], len(ops))
+    hmax = np.abs(images).max(axis=0) if len(images) else np.zeros(3, np.int64)
+    shape = tuple(2 * hmax + 1)
+    intensity = np.full(shape, np.nan)
+    sigma = np.full(shape, np.nan)
+    idx = images + hmax
+    intensity[idx[:, 0], idx[:, 1], idx[:, 2]] = values
+    sigma[idx[:, 0], idx[:, 1], idx[:, 2]] = errors
+    axes = [np.arange(-m, m + 1) for m in hmax]
+    return intensity, sigma, axes
