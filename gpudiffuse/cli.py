@@ -61,7 +61,96 @@ def build_parser() -> argparse.ArgumentParser:
     _add_geometry(p)
     p.add_argument("-o", "--out", required=True, metavar="OUT", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT/experiment.nxs")
+    p = sub.add_parser("process", help="the whole pipeline: import, find peaks, integrate, merge, map",
+                       description="Process a dataset end to end into OUT/: experiment.nxs, peaks.nxs, "
+                                   "integrate.nxs, merged.nxs (/entry/merged: h, k, l, intensity, sigma, n) and "
+                                   "map.nxs (3-D NXdata). Finished steps are reused when the parameters match.")
+    _add_geometry(p)
+    _add_processing(p)
+    p.add_argument("-o", "--out", required=True, metavar="OUT", help="output folder")
+
+    p = sub.add_parser("demo", help="simulate a dataset, process it and report accuracy against the truth",
+                       description="Simulate the 'small' preset (Pilatus 300K, 60 frames) into OUTDIR/data, "
+                                   "process it into OUTDIR/processed and compare the merged map with the truth.")
+    p.add_argument("outdir", nargs="?", default="gpudiffuse_demo")
+    p.add_argument("--preset", default="small", choices=["tiny", "small"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
     return parser
+
+
+def _add_processing(p):
+    g = p.add_argument_group("grid and integration")
+    g.add_argument("--ndiv", type=int, nargs=3, default=[3, 3, 3], metavar="N",
+                   help="subdivisions per Miller index along a*, b*, c* (default 3 3 3)")
+    g.add_argument("--dmin", type=float, help="resolution limit in Å (default: the detector corner)")
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"],
+                   help="auto: the GPU if CuPy finds one, else the CPU; gpu: fail without one")
+    g.add_argument("--background", metavar="TEMPLATE",
+                   help="background frames without the crystal (template with ? or #), subtracted per voxel")
+    g.add_argument("--frames", type=int, nargs=2, metavar=("FIRST", "LAST"), help="file numbers to process")
+    g.add_argument("--wedge-frames", type=int, default=10, help="frames per wedge of observations (default 10)")
+    g.add_argument("--min-pixels", type=int, default=1, help="drop observations with fewer pixels")
+    g.add_argument("--min-counts", type=int, default=0, help="drop observations with fewer counts")
+    g.add_argument("--no-air", action="store_true", help="no air-attenuation correction")
+    g.add_argument("--scale", default="isotropic", choices=["isotropic", "none"],
+                   help="per-frame scale from the isotropic scattering (default) or none")
+    b = p.add_argument_group("Bragg mask (peak-cloud model)")
+    b.add_argument("--no-bragg-mask", action="store_true", help="do not mask Bragg peaks")
+    b.add_argument("--threshold", type=float, help="count threshold of strong pixels (default: automatic)")
+    b.add_argument("--sigma-cutoff", type=float, default=3.0, help="mask radius in Mahalanobis units (default 3)")
+    m = p.add_argument_group("merging")
+    m.add_argument("--outlier-k", type=float, default=5.0, help="reject |I − <I>|/σ > k·rms (0: off; default 5)")
+    m.add_argument("--shells", type=int, default=10, help="resolution shells in the statistics")
+    m.add_argument("--anomalous", action="store_true", help="keep Friedel mates apart")
+    p.add_argument("--overwrite", action="store_true", help="replace outputs made with other parameters")
+
+
+def _process_parameters(args):
+    from .integrate import IntegrationParameters  # noqa: PLC0415
+    from .masking.peaks import PeakParameters  # noqa: PLC0415
+    from .merge import MergeParameters  # noqa: PLC0415
+    from .pipeline import ProcessParameters  # noqa: PLC0415
+
+    return ProcessParameters(
+        geometry=_import_parameters(args),
+        integration=IntegrationParameters(ndiv=tuple(args.ndiv), dmin=args.dmin, wedge_frames=args.wedge_frames,
+                                          frames=tuple(args.frames) if args.frames else None, air=not args.no_air),
+        peaks=PeakParameters(threshold=args.threshold, sigma_cutoff=args.sigma_cutoff),
+        merging=MergeParameters(outlier_k=args.outlier_k or None, n_shells=args.shells, anomalous=args.anomalous),
+        device=args.device, background=args.background, bragg_mask=not args.no_bragg_mask, scale=args.scale,
+        min_pixels=args.min_pixels, min_counts=args.min_counts)
+
+
+def _run_process(args):
+    from .pipeline import format_statistics, process  # noqa: PLC0415
+
+    params = _process_parameters(args)
+    with _cleanup_on_error(args.out):
+        result = process(params, args.out, overwrite=args.overwrite)
+    _report(result, format_statistics)
+
+
+def _report(result, format_statistics):
+    model = result["peak_model"]
+    if model is not None:
+        print(f"peak cloud: {model.n_hot} strong pixels, |r0| = {float((model.offset ** 2).sum() ** 0.5):.4f}, "
+              f"widths {', '.join(f'{w:.4f}' for w in model.widths)} (fractional hkl)")
+        for message in model.warnings:
+            print(f"WARNING: {message}")
+    print(f"merged {len(result['merged']['intensity'])} ASU voxels to {result['dmin']:.3f} Å "
+          f"({result['rejected']} outlier observations rejected)")
+    print(format_statistics(result["statistics"]))
+    print(f"written {result['out']}/merged.nxs and {result['out']}/map.nxs")
+
+
+def _run_demo(args):
+    from .pipeline import format_statistics  # noqa: PLC0415
+    from .simulate import PRESETS, demo  # noqa: PLC0415
+
+    result, accuracy = demo(args.outdir, PRESETS[args.preset], device=args.device)
+    _report(result, format_statistics)
+    print("\naccuracy against the simulated truth (merged diffuse + isotropic vs voxel-averaged truth):")
+    print(accuracy)
 
 
 def _run_simulate(args):
@@ -113,7 +202,7 @@ class _cleanup_on_error:
         return False
 
 
-COMMANDS = {"simulate": _run_simulate, "import": _run_import}
+COMMANDS = {"simulate": _run_simulate, "import": _run_import, "process": _run_process, "demo": _run_demo}
 
 
 def main(argv=None) -> int:

@@ -77,12 +77,11 @@ class VoxelAccumulator:
         old_floats = getattr(self, "floats", None)
         self.ints = {f: np.zeros(size, np.int64) for f in INT_FIELDS}
         self.floats = {f: np.zeros(size, np.float64) for f in self.float_fields}
-        if old_ints is not None:
-            n = self.n_rows * self.grid.n_sub
+        if old_ints:
             for f in INT_FIELDS:
-                self.ints[f][:n] = old_ints[f][:n]
+                self.ints[f][: old_ints[f].size] = old_ints[f]
             for f in self.float_fields:
-                self.floats[f][:n] = old_floats[f][:n]
+                self.floats[f][: old_floats[f].size] = old_floats[f]
         self.capacity = capacity
 
     def _rows_of(self, cell_flat):
@@ -124,6 +123,7 @@ class VoxelAccumulator:
         if len(cells):
             self.lut[cells] = -1
         self._cells, self.n_rows = [], 0
+        self.ints = self.floats = None
         self._allocate(1024)
         return out
 
@@ -184,14 +184,13 @@ def integrate_sweep(sweep, pixels: PixelTable, grid: VoxelGrid, peak_model, abse
     Returns (diffuse rows, excluded rows, isotropic profile dict, zinger count), rows as
     column dicts with ``wedge`` and ``batch`` added.
     """
+    from .masking.peaks import bragg_mask  # noqa: PLC0415
     from .masking.pixel import frame_valid  # noqa: PLC0415
 
     frames = _frame_list(sweep, params.frames)
     with_bkg = background_rate is not None
     diffuse, excluded = VoxelAccumulator(grid, with_bkg), VoxelAccumulator(grid, with_bkg)
     rows_d, rows_x = [], []
-    cutoff2 = peak_model.sigma_cutoff ** 2 if peak_model is not None else -1.0
-    absent_h = np.asarray(absent.shape) // 2 if absent is not None else None
     edges = profile_edges(grid.dmin)
     profile_bin = np.clip(np.searchsorted(edges, pixels.s_norm) - 1, 0, PROFILE_BINS - 1)
     n_frames = sweep.scan.num_frames
@@ -219,12 +218,7 @@ def integrate_sweep(sweep, pixels: PixelTable, grid: VoxelGrid, peak_model, abse
             hkl = pixels.s @ np.linalg.inv(sweep.setting_matrix(int(z))).T
             cell, sub, inside = grid.split(grid.voxel_index(hkl))
             if peak_model is not None:
-                g = np.rint(hkl)
-                near = peak_model.distance2(hkl - g) <= cutoff2
-                gi = g.astype(np.int64) + absent_h
-                in_table = np.all((gi >= 0) & (gi < np.asarray(absent.shape)), axis=1)
-                gi = np.where(in_table[:, None], gi, 0)
-                bragg = near & in_table & ~absent[gi[:, 0], gi[:, 1], gi[:, 2]]
+                bragg = bragg_mask(hkl, peak_model, absent)
             else:
                 bragg = np.zeros(counts.shape, bool)
             zinger = valid & (counts >= pixels.threshold) & ~bragg

@@ -20,7 +20,7 @@ import numpy as np
 from .errors import SymmetryError
 
 __all__ = ["MergeParameters", "laue_operators", "check_grid_symmetry", "map_to_asu", "merge", "shell_statistics",
-           "expand_to_grid"]
+           "expand_to_grid", "mate_agreement"]
 
 
 @dataclass(frozen=True)
@@ -230,3 +230,47 @@ def expand_to_grid(merged: dict, space_group, ndiv):
     sigma[idx[:, 0], idx[:, 1], idx[:, 2]] = errors
     axes = [np.arange(-m, m + 1) for m in hmax]
     return intensity, sigma, axes
+
+
+def mate_agreement(table: dict, space_group, ndiv, A_metric, n_shells: int = 10, fine_bins: int = 100,
+                   value: str = "rate") -> dict:
+    """Agreement of symmetry mates observed in different batches, before merging.
+
+    The isotropic part is removed first: each observation minus the mean of all observations
+    in its fine |s| bin (``fine_bins`` equal-width bins). For every ASU voxel seen in at least
+    two batches, the observations from its lowest and highest batch form a pair. Returns per
+    shell (equal-volume in |s|) the number of pairs, the mean intensity and the Pearson CC of
+    the pairs' anisotropic parts.
+    """
+    voxels = np.column_stack([table["H"], table["K"], table["L"]])
+    asu, _ = map_to_asu(voxels, space_group, ndiv)
+    frac = voxels / np.asarray(ndiv, dtype=np.float64)
+    s = np.sqrt(np.einsum("ni,ij,nj->n", frac, A_metric, frac))
+    values = np.asarray(table[value], dtype=np.float64)
+    fine = np.linspace(s.min(), s.max() * (1 + 1e-9), fine_bins + 1)
+    fb = np.clip(np.searchsorted(fine, s, side="right") - 1, 0, fine_bins - 1)
+    fine_mean = np.bincount(fb, weights=values, minlength=fine_bins) / np.maximum(np.bincount(fb, minlength=fine_bins), 1)
+    aniso = values - fine_mean[fb]
+    _, group = np.unique(_pack(asu), return_inverse=True)
+    batch = np.asarray(table["batch"])
+    order = np.lexsort((batch, group))
+    g_sorted = group[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(g_sorted)) + 1]
+    ends = np.r_[starts[1:], len(order)] - 1
+    first, last = order[starts], order[ends]
+    pair = batch[first] != batch[last]
+    first, last = first[pair], last[pair]
+    s_pair = s[first]
+    edges = np.cbrt(np.linspace(s.min() ** 3, s.max() ** 3 * (1 + 1e-9), n_shells + 1))
+    shell = np.clip(np.searchsorted(edges, s_pair, side="right") - 1, 0, n_shells - 1)
+    out = {"d_max": 1 / np.maximum(edges[:-1], 1e-12), "d_min": 1 / edges[1:], "n_pairs": np.zeros(n_shells, int),
+           "mean_I": np.full(n_shells, np.nan), "cc": np.full(n_shells, np.nan)}
+    for i in range(n_shells):
+        sel = shell == i
+        out["n_pairs"][i] = sel.sum()
+        if sel.sum() >= 3:
+            out["mean_I"][i] = 0.5 * (values[first[sel]].mean() + values[last[sel]].mean())
+            out["cc"][i] = np.corrcoef(aniso[first[sel]], aniso[last[sel]])[0, 1]
+    sel = np.ones(len(first), bool)
+    out["overall_cc"] = float(np.corrcoef(aniso[first], aniso[last])[0, 1]) if len(first) > 2 else float("nan")
+    return out

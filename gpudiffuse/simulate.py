@@ -63,16 +63,17 @@ class SimulationParameters:
     exposure: float = 0.2
     sub_samples: int = 5                       # rotation sub-samples per frame for Bragg peaks
     thickness: float = 0.45
-    scale: float = 1.2e8                       # photons per unit intensity per s per sr
+    scale: float = 4.0e8                       # photons per unit intensity per s per sr
     decay: float = 0.12                        # b(z) = 1 − decay·z/(n−1)
     diffuse_level: float = 1.0
-    halo_level: float = 1.5
-    halo_width: float = 0.006                  # Å⁻¹ (Gaussian σ of the halo around each reflection)
-    b_factor: float = 12.0                     # Å², envelope exp(−B|s|²/4) of Bragg and diffuse
+    halo_level: float = 0.6
+    halo_width: float = 0.010                  # Å⁻¹ (Gaussian σ of the halo around each reflection)
+    b_factor: float = 12.0                     # Å², Bragg fall-off exp(−B|s|²/4)
+    diffuse_b_factor: float = 5.0              # Å², mean diffuse envelope exp(−B|s|²/4), made anisotropic
     solvent_level: float = 1.2
     compton_level: float = 0.8
     bragg_level: float = 400.0
-    bragg_width: float = 0.0018                # Å⁻¹ (Gaussian σ of a Bragg peak)
+    bragg_width: float = 0.0008                # Å⁻¹ (Gaussian σ of a Bragg peak)
     n_hot: int = 3
     n_dead: int = 20
     zinger_rate: float = 2e-6                  # per pixel per frame
@@ -131,7 +132,7 @@ class SimulatedModel:
         self.ops += [-r for r in self.ops]
         # reciprocal metric and a symmetrised anisotropic envelope
         gstar = self.A.T @ self.A
-        aniso = gstar * (p.b_factor / 4) @ np.diag([1.4, 0.8, 1.0])
+        aniso = gstar * (p.diffuse_b_factor / 4) @ np.diag([2.5, 0.4, 1.0])
         self.envelope = sum(r @ aniso @ r.T for r in self.ops) / len(self.ops)
         # symmetric pseudo-random weights per integer reflection, allowed ones only
         dmin = self._dmin()
@@ -431,3 +432,44 @@ def _write_dials(outdir, params, model):
     }
     with open(os.path.join(outdir, "experiments.expt"), "w") as f:
         json.dump(doc, f, indent=1)
+
+
+def compare_with_truth(merged: dict, model: SimulatedModel, ndiv, n_shells: int = 10) -> dict:
+    """Pearson CC of merged intensities with the voxel-averaged truth, overall and per shell
+    (equal-volume shells in |s|), with each shell's mean I/σ and size."""
+    centres = np.column_stack([merged["h"], merged["k"], merged["l"]])
+    truth = voxel_truth(model, centres, ndiv)
+    s = merged["s"]
+    edges = np.cbrt(np.linspace(s.min() ** 3, s.max() ** 3 * (1 + 1e-9), n_shells + 1))
+    shell = np.clip(np.searchsorted(edges, s, side="right") - 1, 0, n_shells - 1)
+    rows = []
+    for i in range(n_shells):
+        sel = shell == i
+        cc = np.corrcoef(merged["intensity"][sel], truth[sel])[0, 1] if sel.sum() > 2 else np.nan
+        rows.append({"d_max": 1 / edges[i], "d_min": 1 / edges[i + 1], "n": int(sel.sum()), "cc": float(cc),
+                     "i_over_sigma": float(np.mean(merged["intensity"][sel] / merged["sigma"][sel]))})
+    return {"overall_cc": float(np.corrcoef(merged["intensity"], truth)[0, 1]), "shells": rows, "truth": truth}
+
+
+def format_accuracy(accuracy: dict) -> str:
+    lines = [" d_max  d_min       n   <I/sig>   CC(truth)"]
+    for r in accuracy["shells"]:
+        lines.append(f"{r['d_max']:6.2f} {r['d_min']:6.2f} {r['n']:7d} {r['i_over_sigma']:9.1f} {r['cc']:10.4f}")
+    lines.append(f"overall CC with the truth: {accuracy['overall_cc']:.4f}")
+    return "\n".join(lines)
+
+
+def demo(outdir: str, params: SimulationParameters, device: str = "auto", progress: bool = True):
+    """Simulate into OUTDIR/data, process into OUTDIR/processed, compare with the truth."""
+    from .experiment import ImportParameters  # noqa: PLC0415
+    from .integrate import IntegrationParameters  # noqa: PLC0415
+    from .pipeline import ProcessParameters, process  # noqa: PLC0415
+
+    data = os.path.join(outdir, "data")
+    if not os.path.exists(os.path.join(data, "truth.h5")):
+        simulate_dataset(data, params, progress=progress)
+    ndiv = (3, 3, 3)
+    result = process(ProcessParameters(ImportParameters(xds=data), IntegrationParameters(ndiv=ndiv), device=device),
+                     os.path.join(outdir, "processed"), overwrite=True, progress=progress)
+    accuracy = compare_with_truth(result["merged"], load_model(data), ndiv)
+    return result, format_accuracy(accuracy)

@@ -7,9 +7,10 @@ r₀ *and* round(hkl) is an allowed reflection of the space group (systematic ab
 gemmi are not masked). Hot pixels that the model calls outliers (zingers) are dropped for
 that frame; pixels hot in most frames are masked for the whole sweep.
 
-The automatic threshold is per resolution bin: T = m + z·√(m + 1) + 2, with m the median
-count in the bin over the sampled frames (z = ``threshold_sigma``, default 8): far above the
-Poisson spread of the diffuse and solvent background wherever it is on the detector.
+The automatic threshold is per resolution bin: T = max(m + z·√(m + 1) + 2, r·m), with m the
+median count in the bin over the sampled frames (z = ``threshold_sigma``, default 8;
+r = ``threshold_ratio``, default 2): far above the Poisson spread of the diffuse and solvent
+background, and above its smooth variation, wherever it is on the detector.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import numpy as np
 
 from ..errors import MaskError
 
-__all__ = ["PeakParameters", "PeakModel", "ThresholdProfile", "fit_peak_cloud", "absent_table"]
+__all__ = ["PeakParameters", "PeakModel", "ThresholdProfile", "fit_peak_cloud", "absent_table", "bragg_mask",
+           "find_peaks", "PeakSearch"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ class PeakParameters:
 
     threshold: float | None = None
     threshold_sigma: float = 8.0
+    threshold_ratio: float = 2.0
     sigma_cutoff: float = 3.0
     frame_stride: int | None = None
     hot_pixel_fraction: float = 0.5
@@ -74,7 +77,7 @@ def automatic_threshold(frames: np.ndarray, valid: np.ndarray, s_norm: np.ndarra
         in_bin = in_bin[in_bin >= 0]
         if in_bin.size:
             m = float(np.median(in_bin))
-            values[b] = m + params.threshold_sigma * np.sqrt(m + 1) + 2
+            values[b] = max(m + params.threshold_sigma * np.sqrt(m + 1) + 2, params.threshold_ratio * m)
     finite = np.isfinite(values)
     if not finite.any():
         raise MaskError("no valid pixels to derive a peak threshold from")
@@ -144,6 +147,18 @@ def fit_peak_cloud(delta: np.ndarray, sigma_cutoff: float = 3.0, iterations: int
             "(a good geometry gives |r0| < 0.05 and widths < 0.1); check the geometry and rotation sense"
         )
     return PeakModel(centre, cov, sigma_cutoff, len(delta), fraction, tuple(warnings))
+
+
+def bragg_mask(hkl: np.ndarray, model: PeakModel, absent: np.ndarray) -> np.ndarray:
+    """True where fractional hkl (N, 3) lies within ``model.sigma_cutoff`` Mahalanobis units of an
+    *allowed* reflection; ``absent`` is the table from :func:`absent_table`."""
+    g = np.rint(hkl)
+    near = model.distance2(hkl - g) <= model.sigma_cutoff**2
+    half = np.asarray(absent.shape) // 2
+    gi = g.astype(np.int64) + half
+    in_table = np.all((gi >= 0) & (gi < np.asarray(absent.shape)), axis=1)
+    gi = np.where(in_table[:, None], gi, 0)
+    return near & in_table & ~absent[gi[:, 0], gi[:, 1], gi[:, 2]]
 
 
 def absent_table(space_group, hmax) -> np.ndarray:

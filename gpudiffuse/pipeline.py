@@ -1,0 +1,331 @@
+"""Batch processing: import → find peaks → integrate → merge → map, each step written
+atomically to ``OUT/<step>.nxs``. A step whose file exists with the same parameters is not
+run again (resume after an interruption); a file written with other parameters is only
+replaced with ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+
+import h5py
+import numpy as np
+
+from .backend import resolve_device
+from .errors import DeviceError, GridError, ImageError, OutputExistsError
+from .experiment import Experiment, ImportParameters, import_experiment, read_experiment, summarise, write_experiment
+from .geometry.vectors import edge_resolution
+from .grid import VoxelGrid
+from .integrate import IntegrationParameters, integrate_sweep, prepare_pixels, profile_edges
+from .io.nexus import atomic_nexus, read_parameters, step_is_complete, write_provenance
+from .masking.peaks import PeakModel, PeakParameters, ThresholdProfile, absent_table, find_peaks
+from .merge import MergeParameters, check_grid_symmetry, expand_to_grid, merge
+from .observations import concat_rows, isotropic_frame_scale, observation_table
+
+__all__ = ["ProcessParameters", "process", "resolve_dmin", "format_statistics"]
+
+logger = logging.getLogger(__name__)
+
+STEPS = ("experiment", "peaks", "integrate", "merged", "map")
+
+
+@dataclass(frozen=True)
+class ProcessParameters:
+    """All parameters of ``gpudiffuse process`` (see ``gpudiffuse process --help``)."""
+
+    geometry: ImportParameters
+    integration: IntegrationParameters = field(default_factory=IntegrationParameters)
+    peaks: PeakParameters = field(default_factory=PeakParameters)
+    merging: MergeParameters = field(default_factory=MergeParameters)
+    device: str = "auto"
+    background: str | None = None
+    bragg_mask: bool = True
+    scale: str = "isotropic"
+    min_pixels: int = 1
+    min_counts: int = 0
+
+    def __post_init__(self):
+        if self.scale not in ("isotropic", "none"):
+            raise GridError(f"unknown scale mode {self.scale!r} (isotropic or none)")
+
+
+def resolve_dmin(experiment: Experiment, dmin: float | None) -> float:
+    """The resolution limit: the user's, or the detector corner. Refuses one beyond the detector."""
+    corner = max(edge_resolution(s.panel, s.beam)[0] for s in experiment.sweeps)
+    if dmin is None:
+        return corner
+    if dmin < corner * (1 - 1e-6):
+        raise GridError(f"--dmin {dmin} Å is beyond the detector edge: the corner of the detector records "
+                        f"{corner:.3f} Å at best")
+    return float(dmin)
+
+
+def _step_path(out, step):
+    return os.path.join(out, f"{step}.nxs")
+
+
+def _params_dict(params: ProcessParameters, upto: str) -> dict:
+    d = {"geometry": asdict(params.geometry)}
+    if upto in ("peaks", "integrate", "merged", "map"):
+        d["peaks"] = asdict(params.peaks)
+        d["bragg_mask"] = params.bragg_mask
+        d["dmin"] = params.integration.dmin
+    if upto in ("integrate", "merged", "map"):
+        d["integration"] = asdict(params.integration)
+        d["background"] = params.background
+        d["scale"] = params.scale
+        d["min_pixels"], d["min_counts"] = params.min_pixels, params.min_counts
+    if upto in ("merged", "map"):
+        d["merging"] = asdict(params.merging)
+    return d
+
+
+def _should_run(path, parameters, overwrite) -> bool:
+    if not os.path.exists(path):
+        return True
+    if step_is_complete(path, parameters):
+        logger.info("%s is up to date: skipping this step", path)
+        return False
+    if overwrite:
+        return True
+    raise OutputExistsError(f"{path} exists and was made with other parameters; pass --overwrite to replace it")
+
+
+def process(params: ProcessParameters, out: str, overwrite: bool = False, progress: bool = True) -> dict:
+    """Run the whole pipeline into folder ``out``. Returns a summary dict (paths, statistics)."""
+    backend = resolve_device(params.device)
+    if backend.device == "gpu":
+        raise DeviceError("the CUDA streaming engine is not available in this build; use --device cpu")
+    logger.info("device: %s (%s)", backend.name, backend.reason)
+
+    # 1. import
+    path = _step_path(out, "experiment")
+    p = _params_dict(params, "experiment")
+    if _should_run(path, p, overwrite):
+        experiment = import_experiment(params.geometry)
+        write_experiment(experiment, path, p["geometry"], overwrite=True)
+    else:
+        experiment = read_experiment(path)
+    space_group = experiment.space_group
+    check_grid_symmetry(space_group, params.integration.ndiv)
+    dmin = resolve_dmin(experiment, params.integration.dmin)
+    logger.info("experiment:\n%s", summarise(experiment))
+
+    # 2. peak search (pass 1)
+    path = _step_path(out, "peaks")
+    p = _params_dict(params, "peaks")
+    if not params.bragg_mask:
+        search = None
+    elif _should_run(path, p, overwrite):
+        search = find_peaks(experiment, params.peaks, dmin, progress)
+        _write_peaks(path, search, p, backend)
+    else:
+        search = _read_peaks(path)
+
+    # 3. integration (pass 2)
+    path = _step_path(out, "integrate")
+    p = _params_dict(params, "integrate")
+    if _should_run(path, p, overwrite):
+        tables = _integrate(experiment, search, dmin, params, backend, progress)
+        _write_integrate(path, tables, p, backend)
+    else:
+        tables = _read_integrate(path)
+
+    # 4. merge
+    crystal = experiment.sweeps[0].crystal
+    metric = crystal.A.T @ crystal.A
+    value, sigma = _value_columns(tables["observations"])
+    merged, stats, rejected = merge(tables["observations"], space_group, params.integration.ndiv, metric,
+                                    params.merging, value=value, sigma=sigma)
+    if not len(merged["intensity"]):
+        raise GridError("no voxel was observed: check --dmin, the mask and the frame range")
+    bragg = None
+    if tables["excluded"]:
+        bragg, _, _ = merge(tables["excluded"], space_group, params.integration.ndiv, metric, params.merging)
+    path = _step_path(out, "merged")
+    p = _params_dict(params, "merged")
+    with atomic_nexus(path, overwrite=True) as handle:
+        entry = handle.create_group("entry")
+        entry.attrs["NX_class"] = "NXentry"
+        write_provenance(entry, "merge", p, backend)
+        _write_merged_group(entry, "merged", merged, crystal, params.integration.ndiv)
+        entry["merged"].attrs["rejected_outliers"] = rejected
+        entry["merged"].attrs["scale"] = params.scale
+        if bragg is not None:
+            _write_merged_group(entry, "bragg", bragg, crystal, params.integration.ndiv)
+        g = entry.create_group("statistics")
+        for key, values in stats.items():
+            g[key] = values
+    # 5. map
+    path = _step_path(out, "map")
+    intensity, errors, axes = expand_to_grid(merged, space_group, params.integration.ndiv)
+    with atomic_nexus(path, overwrite=True) as handle:
+        entry = handle.create_group("entry")
+        entry.attrs["NX_class"] = "NXentry"
+        write_provenance(entry, "map", p, backend)
+        data = entry.create_group("data")
+        data.attrs["NX_class"] = "NXdata"
+        data.attrs["signal"] = "intensity"
+        data.attrs["axes"] = ["h", "k", "l"]
+        data.create_dataset("intensity", data=intensity, compression="gzip")
+        data.create_dataset("intensity_errors", data=errors, compression="gzip")
+        for name, axis, n in zip("hkl", axes, params.integration.ndiv):
+            data[name] = axis / n
+        entry.attrs["default"] = "data"
+        handle.attrs["default"] = "entry"
+    return {"merged": merged, "statistics": stats, "rejected": rejected, "dmin": dmin,
+            "peak_model": None if search is None else search.model, "out": out}
+
+
+def _value_columns(table):
+    if "background_rate" in table:
+        table["rate_minus_background"] = table["rate"] - table["background_rate"]
+        table["sigma_with_background"] = np.hypot(table["sigma"], table["background_sigma"])
+        return "rate_minus_background", "sigma_with_background"
+    return "rate", "sigma"
+
+
+def _write_merged_group(entry, name, merged, crystal, ndiv):
+    g = entry.create_group(name)
+    g.attrs["NX_class"] = "NXcollection"
+    for key in ("h", "k", "l", "intensity", "sigma"):
+        g.create_dataset(key, data=np.asarray(merged[key], dtype=np.float64))
+    g.create_dataset("n", data=np.asarray(merged["n"], dtype=np.int64))
+    g.create_dataset("s", data=merged["s"])
+    g["s"].attrs["units"] = "1/angstrom"
+    g.attrs["ndiv"] = np.asarray(ndiv, dtype=np.int64)
+    g.attrs["space_group"] = crystal.space_group.hm
+    g.attrs["unit_cell"] = np.asarray(crystal.unit_cell.parameters, dtype=np.float64)
+
+
+def _load_background(template, sweep, mask):
+    """Per-pixel background rate (counts/s) and its variance from a background run."""
+    from .geometry.cbf_header import read_pilatus_header  # noqa: PLC0415
+    from .io.images import expand_template, read_image  # noqa: PLC0415
+    from .masking.pixel import frame_valid  # noqa: PLC0415
+
+    total = np.zeros(mask.shape)
+    time = np.zeros(mask.shape)
+    for _, path in expand_template(template):
+        data = read_image(path)
+        if data.shape != mask.shape:
+            raise ImageError(f"background frame {path} is {data.shape[1]}x{data.shape[0]} pixels but the data "
+                             f"frames are {mask.shape[1]}x{mask.shape[0]}")
+        try:
+            t = read_pilatus_header(path).get("exposure_time", 1.0)
+        except ImageError:
+            t = 1.0
+        valid = frame_valid(data, sweep.panel.trusted_range) & (data >= 0)
+        total += np.where(valid, data, 0)
+        time += np.where(valid, t, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rate = np.where(time > 0, total / time, 0.0)
+        var = np.where(time > 0, total / time**2, 0.0)
+    return rate.ravel(), var.ravel()
+
+
+def _integrate(experiment, search, dmin, params, backend, progress):
+    from tqdm import tqdm  # noqa: PLC0415
+
+    crystal = experiment.sweeps[0].crystal
+    grid = VoxelGrid.for_crystal(crystal.real_space_axes, dmin * 0.98, params.integration.ndiv)
+    absent = absent_table(crystal.space_group, grid.hmax) if search is not None else None
+    n_frames = sum(s.scan.num_frames if params.integration.frames is None
+                   else params.integration.frames[1] - params.integration.frames[0] + 1 for s in experiment.sweeps)
+    bar = tqdm(total=n_frames, desc="integrate", unit="frame", disable=not progress)
+    diffuse, excluded, profiles, zingers = [], [], {}, 0
+    for i, (sweep, mask) in enumerate(zip(experiment.sweeps, experiment.masks)):
+        threshold = None
+        if search is not None:
+            mask = mask & ~search.hot_pixels[i]
+            threshold = search.thresholds[i]
+        pixels = prepare_pixels(sweep, mask, dmin, threshold, air=params.integration.air)
+        background = None
+        if params.background:
+            rate, var = _load_background(params.background, sweep, mask)
+            background = (rate[pixels.index] / pixels.k, var[pixels.index] / pixels.k**2)
+            background = (background[0] * pixels.k, background[1] * pixels.k**2)
+        rows_d, rows_x, profile, z = integrate_sweep(sweep, pixels, grid, None if search is None else search.model,
+                                                     absent, params.integration, background, bar)
+        diffuse.append(rows_d)
+        excluded.append(rows_x)
+        profiles[sweep.batch] = profile
+        zingers += z
+    bar.close()
+    if zingers:
+        logger.info("dropped %d zinger pixel-frames (strong pixels far from any allowed reflection)", zingers)
+    scale = isotropic_frame_scale(profiles) if params.scale == "isotropic" else None
+    volume = crystal.reciprocal_volume
+    ndiv = params.integration.ndiv
+    obs = observation_table(concat_rows(diffuse), volume, ndiv, scale, params.min_pixels, params.min_counts)
+    exc = observation_table(concat_rows(excluded), volume, ndiv, scale, 1, 0)
+    if not obs:
+        raise GridError("no observation survived: every pixel is masked or outside the resolution limit")
+    return {"observations": obs, "excluded": exc, "frame_scale": scale or {}, "zingers": zingers}
+
+
+def _write_peaks(path, search, parameters, backend):
+    with atomic_nexus(path, overwrite=True) as handle:
+        entry = handle.create_group("entry")
+        write_provenance(entry, "find_peaks", parameters, backend)
+        m = search.model
+        g = entry.create_group("peak_model")
+        g["offset"], g["covariance"] = m.offset, m.covariance
+        g.attrs["sigma_cutoff"], g.attrs["n_hot"], g.attrs["inlier_fraction"] = m.sigma_cutoff, m.n_hot, m.inlier_fraction
+        g.attrs["warnings"] = json.dumps(list(m.warnings))
+        for i, (thr, hot, info) in enumerate(zip(search.thresholds, search.hot_pixels, search.per_sweep)):
+            s = entry.create_group(f"sweep_{i}")
+            s["threshold_edges"], s["threshold_values"] = thr.edges, thr.values
+            s.create_dataset("hot_pixels", data=hot.astype(np.uint8), compression="gzip")
+            s.attrs["info"] = json.dumps(info)
+
+
+def _read_peaks(path):
+    from .masking.peaks import PeakSearch  # noqa: PLC0415
+
+    with h5py.File(path, "r") as handle:
+        g = handle["entry/peak_model"]
+        model = PeakModel(g["offset"][()], g["covariance"][()], float(g.attrs["sigma_cutoff"]), int(g.attrs["n_hot"]),
+                          float(g.attrs["inlier_fraction"]), tuple(json.loads(g.attrs["warnings"])))
+        names = sorted((k for k in handle["entry"] if k.startswith("sweep_")), key=lambda k: int(k.split("_")[1]))
+        thresholds = [ThresholdProfile(handle[f"entry/{k}/threshold_edges"][()], handle[f"entry/{k}/threshold_values"][()])
+                      for k in names]
+        hot = [handle[f"entry/{k}/hot_pixels"][()] > 0 for k in names]
+        info = [json.loads(handle[f"entry/{k}"].attrs["info"]) for k in names]
+    return PeakSearch(model, thresholds, hot, info)
+
+
+def _write_integrate(path, tables, parameters, backend):
+    with atomic_nexus(path, overwrite=True) as handle:
+        entry = handle.create_group("entry")
+        write_provenance(entry, "integrate", parameters, backend)
+        for name in ("observations", "excluded"):
+            g = entry.create_group(name)
+            for key, values in tables[name].items():
+                g.create_dataset(key, data=values, compression="gzip")
+        g = entry.create_group("frame_scale")
+        for batch, values in tables["frame_scale"].items():
+            g[f"batch_{batch}"] = values
+        entry.attrs["zingers"] = tables["zingers"]
+
+
+def _read_integrate(path):
+    with h5py.File(path, "r") as handle:
+        entry = handle["entry"]
+        tables = {name: {k: entry[name][k][()] for k in entry[name]} for name in ("observations", "excluded")}
+        tables["frame_scale"] = {int(k.split("_")[1]): entry["frame_scale"][k][()] for k in entry["frame_scale"]}
+        tables["zingers"] = int(entry.attrs["zingers"])
+    return tables
+
+
+def format_statistics(stats: dict) -> str:
+    """The per-shell table as text."""
+    lines = [" d_max  d_min       n      <I>   <I/sig>   CC1/2     CC*  R-split"]
+    for i in range(len(stats["n"])):
+        lines.append(f"{stats['d_max'][i]:6.2f} {stats['d_min'][i]:6.2f} {int(stats['n'][i]):7d} "
+                     f"{stats['mean_I'][i]:8.4g} {stats['mean_I_over_sigma'][i]:9.1f} {stats['cc_half'][i]:7.4f} "
+                     f"{stats['cc_star'][i]:7.4f} {stats['r_split'][i]:8.4f}")
+    return "\n".join(lines)
