@@ -106,7 +106,7 @@ def process(params: ProcessParameters, out: str, overwrite: bool = False, progre
     p = _params_dict(params, "experiment")
     if _should_run(path, p, overwrite):
         experiment = import_experiment(params.geometry)
-        write_experiment(experiment, path, p["geometry"], overwrite=True)
+        write_experiment(experiment, path, p, overwrite=True)
     else:
         experiment = read_experiment(path)
     space_group = experiment.space_group

@@ -63,7 +63,7 @@ class SimulationParameters:
     exposure: float = 0.2
     sub_samples: int = 5                       # rotation sub-samples per frame for Bragg peaks
     thickness: float = 0.45
-    scale: float = 4.0e8                       # photons per unit intensity per s per sr
+    scale: float = 8.0e8                       # photons per unit intensity per s per sr
     decay: float = 0.12                        # b(z) = 1 − decay·z/(n−1)
     diffuse_level: float = 1.0
     halo_level: float = 0.6
@@ -446,7 +446,7 @@ def compare_with_truth(merged: dict, model: SimulatedModel, ndiv, n_shells: int 
     for i in range(n_shells):
         sel = shell == i
         cc = np.corrcoef(merged["intensity"][sel], truth[sel])[0, 1] if sel.sum() > 2 else np.nan
-        rows.append({"d_max": 1 / edges[i], "d_min": 1 / edges[i + 1], "n": int(sel.sum()), "cc": float(cc),
+        rows.append({"d_max": 1 / max(edges[i], 1e-12), "d_min": 1 / edges[i + 1], "n": int(sel.sum()), "cc": float(cc),
                      "i_over_sigma": float(np.mean(merged["intensity"][sel] / merged["sigma"][sel]))})
     return {"overall_cc": float(np.corrcoef(merged["intensity"], truth)[0, 1]), "shells": rows, "truth": truth}
 

@@ -1,0 +1,86 @@
+"""``gpudiffuse process`` on the tiny dataset and its answers to bad input."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from gpudiffuse.cli import main
+
+
+def run(capsys, *args):
+    code = main(["process", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def expect_failure(capsys, tmp_path, args, *fragments):
+    out = tmp_path / "out"
+    code, _, err = run(capsys, *args, "-o", str(out), "--device", "cpu")
+    assert code == 1, err
+    for fragment in fragments:
+        assert fragment in err, err
+    assert not out.exists(), "no partial output may be left behind"
+
+
+def test_process_tiny(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, err = run(capsys, "--xds", str(tiny_dataset), "-o", str(out), "--device", "cpu")
+    assert code == 0, err
+    assert "CC1/2" in stdout and "merged" in stdout
+    assert (out / "merged.nxs").is_file() and (out / "map.nxs").is_file()
+
+
+def test_frame_range_outside_the_files(tiny_dataset, tmp_path, capsys):
+    expect_failure(capsys, tmp_path, ["--xds", str(tiny_dataset), "--frames", "5", "20"],
+                   "frame range 5-20 is outside the files' range 1-12")
+
+
+def test_every_pixel_masked(tiny_dataset, tmp_path, capsys):
+    expect_failure(capsys, tmp_path, ["--xds", str(tiny_dataset), "--beamstop-disc", "243,97,5000"],
+                   "every pixel", "is masked")
+
+
+def test_dmin_beyond_the_detector_edge(tiny_dataset, tmp_path, capsys):
+    expect_failure(capsys, tmp_path, ["--xds", str(tiny_dataset), "--dmin", "1.0"],
+                   "--dmin 1.0 Å is beyond the detector edge")
+
+
+def test_ndiv_incompatible_with_laue_group(snase_dir, tmp_path, capsys):
+    expect_failure(capsys, tmp_path, ["--expt", str(snase_dir / "experiments" / "experiments_for_lunus_00001.json"),
+                                      "--ndiv", "3", "5", "3"], "incompatible with Laue group 4/m")
+
+
+def test_background_frames_of_another_size(tiny_copy, tmp_path, capsys):
+    from fabio.cbfimage import CbfImage
+
+    bkg = tmp_path / "bkg"
+    bkg.mkdir()
+    CbfImage(data=np.ones((100, 80), np.int32)).write(str(bkg / "bkg_00001.cbf"))
+    expect_failure(capsys, tmp_path, ["--xds", str(tiny_copy), "--background", str(bkg / "bkg_#####.cbf")],
+                   "background frame", "is 80x100 pixels but the data frames are 487x195")
+
+
+def test_background_is_subtracted(tiny_dataset, tmp_path, capsys):
+    from fabio.cbfimage import CbfImage
+
+    bkg = tmp_path / "bkg"
+    bkg.mkdir()
+    for i in range(2):
+        CbfImage(data=np.full((195, 487), 20, np.int32)).write(str(bkg / f"bkg_{i + 1:05d}.cbf"))
+    common = ["--xds", str(tiny_dataset), "--device", "cpu", "--scale", "none", "--no-bragg-mask"]
+    assert run(capsys, *common, "-o", str(tmp_path / "plain"))[0] == 0
+    assert run(capsys, *common, "-o", str(tmp_path / "sub"), "--background", str(bkg / "bkg_#####.cbf"))[0] == 0
+    import h5py
+
+    with h5py.File(tmp_path / "plain" / "integrate.nxs") as a, h5py.File(tmp_path / "sub" / "integrate.nxs") as b:
+        np.testing.assert_array_equal(a["entry/observations/rate"][()], b["entry/observations/rate"][()])
+    # a constant 20 counts per 1 s frame (no header → 1 s) over t = 0.2 s frames is 4 counts per pixel-frame
+    with h5py.File(tmp_path / "sub" / "integrate.nxs") as b, h5py.File(tmp_path / "sub" / "merged.nxs") as m, \
+            h5py.File(tmp_path / "plain" / "merged.nxs") as p:
+        rate = b["entry/observations/rate"][()]
+        bkg_rate = b["entry/observations/background_rate"][()]
+        counts = b["entry/observations/counts"][()]
+        pixels = b["entry/observations/pixels"][()]
+        np.testing.assert_allclose(bkg_rate / rate, 4.0 * pixels / counts, rtol=1e-9)
+        assert np.mean(m["entry/merged/intensity"][()]) < np.mean(p["entry/merged/intensity"][()])
