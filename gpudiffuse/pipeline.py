@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 from .backend import resolve_device
-from .errors import DeviceError, GridError, ImageError, OutputExistsError
+from .errors import GridError, ImageError, OutputExistsError
 from .experiment import Experiment, ImportParameters, import_experiment, read_experiment, summarise, write_experiment
 from .geometry.vectors import edge_resolution
 from .grid import VoxelGrid
@@ -97,8 +97,6 @@ def _should_run(path, parameters, overwrite) -> bool:
 def process(params: ProcessParameters, out: str, overwrite: bool = False, progress: bool = True) -> dict:
     """Run the whole pipeline into folder ``out``. Returns a summary dict (paths, statistics)."""
     backend = resolve_device(params.device)
-    if backend.device == "gpu":
-        raise DeviceError("the CUDA streaming engine is not available in this build; use --device cpu")
     logger.info("device: %s (%s)", backend.name, backend.reason)
 
     # 1. import
@@ -246,10 +244,16 @@ def _integrate(experiment, search, dmin, params, backend, progress):
         background = None
         if params.background:
             rate, var = _load_background(params.background, sweep, mask)
-            background = (rate[pixels.index] / pixels.k, var[pixels.index] / pixels.k**2)
-            background = (background[0] * pixels.k, background[1] * pixels.k**2)
-        rows_d, rows_x, profile, z = integrate_sweep(sweep, pixels, grid, None if search is None else search.model,
-                                                     absent, params.integration, background, bar)
+            background = (rate[pixels.index], var[pixels.index])
+        model = None if search is None else search.model
+        if backend.device == "gpu":
+            from .integrate_gpu import integrate_sweep_gpu  # noqa: PLC0415
+
+            rows_d, rows_x, profile, z = integrate_sweep_gpu(sweep, pixels, grid, model, absent, params.integration,
+                                                             backend, background, bar)
+        else:
+            rows_d, rows_x, profile, z = integrate_sweep(sweep, pixels, grid, model, absent, params.integration,
+                                                         background, bar)
         diffuse.append(rows_d)
         excluded.append(rows_x)
         profiles[sweep.batch] = profile

@@ -39,7 +39,8 @@ __device__ void gd_accumulate_impl(const T* frames, int n_frames, const int64_t*
                                    double overload, int use_bragg, const double* offset, const double* inv_cov,
                                    double cutoff2, const uint8_t* absent, const int32_t* absent_half,
                                    unsigned long long* acc_int, double* acc_float, int64_t acc_size,
-                                   unsigned long long* zingers) {
+                                   unsigned long long* zingers, const int32_t* profile_bin, int n_bins,
+                                   double* profile_counts, double* profile_kt) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (int64_t)n_frames * n_pixels) return;
     int f = (int)(i / n_pixels);
@@ -69,6 +70,10 @@ __device__ void gd_accumulate_impl(const T* frames, int n_frames, const int64_t*
     atomicAdd(&af[2 * acc_size + key], ix[p]);
     atomicAdd(&af[3 * acc_size + key], iy[p]);
     atomicAdd(&af[4 * acc_size + key], s_norm[p]);
+    if (!bragg) {  // isotropic profile of the diffuse pixels, per frame of the chunk
+        atomicAdd(&profile_counts[(int64_t)f * n_bins + profile_bin[p]], value);
+        atomicAdd(&profile_kt[(int64_t)f * n_bins + profile_bin[p]], k[p] * fp[f].kt_scale);
+    }
 }
 
 #define GD_INSTANTIATE(T, NAME)                                                                              \
@@ -87,10 +92,12 @@ __device__ void gd_accumulate_impl(const T* frames, int n_frames, const int64_t*
         const int32_t* hmax, const int64_t* lut, int n_sub, double min_valid, double overload, int use_bragg,   \
         const double* offset, const double* inv_cov, double cutoff2, const uint8_t* absent,                     \
         const int32_t* absent_half, unsigned long long* acc_int, double* acc_float, int64_t acc_size,           \
-        unsigned long long* zingers) {                                                                          \
+        unsigned long long* zingers, const int32_t* profile_bin, int n_bins, double* profile_counts,            \
+        double* profile_kt) {                                                                                   \
         gd_accumulate_impl<T>(frames, n_frames, pixel_index, n_pixels, frame_stride, s, k, d3s, ix, iy, s_norm,  \
                               threshold, fp, ndiv, hmax, lut, n_sub, min_valid, overload, use_bragg, offset,    \
-                              inv_cov, cutoff2, absent, absent_half, acc_int, acc_float, acc_size, zingers);    \
+                              inv_cov, cutoff2, absent, absent_half, acc_int, acc_float, acc_size, zingers,     \
+                              profile_bin, n_bins, profile_counts, profile_kt);                                 \
     }
 
 GD_INSTANTIATE(uint16_t, u16)

@@ -70,5 +70,5 @@ def gpu_available() -> bool:
         return False
 
 
-requires_gpu = pytest.mark.skipif(not gpu_available() if os.environ.get("GPUDIFFUSE_NO_GPU") is None else True,
+requires_gpu = pytest.mark.skipif(os.environ.get("GPUDIFFUSE_NO_GPU") is not None or not gpu_available(),
                                   reason="no CUDA GPU with CuPy on this machine")

@@ -43,11 +43,15 @@ class FrameSource:
     chunk_size : frames per chunk.
     workers : decoding threads (fabio/h5py release the GIL while decompressing).
     prefetch : chunks decoded ahead of the consumer.
+    blocks : optional explicit list of frame-index arrays, one per chunk (overrides frames).
     """
 
-    def __init__(self, sweep, frames=None, chunk_size: int = 8, workers: int = 2, prefetch: int = 1):
+    def __init__(self, sweep, frames=None, chunk_size: int = 8, workers: int = 2, prefetch: int = 1, blocks=None):
         self.sweep = sweep
         n = sweep.scan.num_frames
+        self.blocks = None if blocks is None else [np.asarray(b, dtype=np.int64) for b in blocks]
+        if self.blocks is not None:
+            frames = np.concatenate(self.blocks) if self.blocks else np.zeros(0, np.int64)
         self.frames = np.arange(n) if frames is None else np.asarray(frames, dtype=np.int64)
         if self.frames.size and (self.frames.min() < 0 or self.frames.max() >= n):
             raise ImageError(f"{sweep.source}: frame range outside the {n} frames of the scan")
@@ -81,8 +85,11 @@ class FrameSource:
         return FrameChunk(np.asarray(zs), self.sweep.scan.exposure_times[np.asarray(zs)], data)
 
     def __iter__(self):
-        starts = range(0, len(self.frames), self.chunk_size)
-        blocks = [self.frames[s: s + self.chunk_size] for s in starts]
+        if self.blocks is not None:
+            blocks = self.blocks
+        else:
+            starts = range(0, len(self.frames), self.chunk_size)
+            blocks = [self.frames[s: s + self.chunk_size] for s in starts]
         with ThreadPoolExecutor(max_workers=self.workers) as decode_pool, \
                 ThreadPoolExecutor(max_workers=1) as chunk_pool:
             pending = []
