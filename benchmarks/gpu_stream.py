@@ -4,7 +4,8 @@
         [--cbf-data /tmp/p6m]
 
 Measures, after a warm-up (kernel compilation, first allocations):
-* device-only: frames generated on the device (Poisson counts), the two kernels per chunk;
+* in-memory: Poisson frames generated on the device, held in host RAM (no decoding), streamed
+  through the engine (H2D copy + the two kernels per chunk);
 * end-to-end: frames decoded from CBF files (``--cbf-data``, e.g. the p6m simulator preset)
   through pinned buffers and two streams;
 and reports frames/s, achieved GB/s and bytes moved per pixel-frame, next to the two ceilings
@@ -14,10 +15,9 @@ measured on the same device (a large device-to-device copy, a pinned host-to-dev
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
-from datetime import datetime, timezone
+
+from _results import provenance, write_result
 
 
 def _bandwidth(cp, nbytes, host=False):
@@ -70,8 +70,7 @@ def main(argv=None):
     params = IntegrationParameters(ndiv=tuple(args.ndiv), wedge_frames=args.frames, chunk_size=args.chunk)
     n_pix = len(pixels.index)
 
-    # device-only: replace the frame source by frames already on the device
-    import gpudiffuse.integrate_gpu as engine
+    # in-memory frames: replace the frame source by one chunk of frames held in host RAM
     from gpudiffuse.io.frames import FrameChunk
 
     rng = cp.random.default_rng(0)
@@ -86,7 +85,6 @@ def main(argv=None):
             for b in self.blocks:
                 yield FrameChunk(np.asarray(b), np.full(len(b), 0.1), host_frames[: len(b)])
 
-    original = engine.__dict__.get("FrameSource")
     import gpudiffuse.io.frames as frames_module
 
     saved = frames_module.FrameSource
@@ -102,14 +100,12 @@ def main(argv=None):
         frames_module.FrameSource = saved
     bytes_per_pixel_frame = 4 + 8 * 3 / 1.0  # raw count read + (counts, pixels, frame) atomics dominate
     result = {
-        "benchmark": "gpu_stream", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": backend.name, "frames": args.frames, "chunk": args.chunk, "ndiv": args.ndiv,
+        **provenance("gpu_stream", backend.name), "frames": args.frames, "chunk": args.chunk, "ndiv": args.ndiv,
         "pixels_per_frame": n_pix,
         "in_memory_frames_per_s": round(args.frames / t_host_frames, 1),
         "hbm_copy_GBps": round(_bandwidth(cp, 1 << 30), 1),
         "pcie_pinned_h2d_GBps": round(_bandwidth(cp, 1 << 28, host=True), 1),
         "bytes_per_pixel_frame_estimate": bytes_per_pixel_frame,
-        "command": "python benchmarks/gpu_stream.py " + " ".join(argv or []),
     }
     if args.cbf_data:
         from gpudiffuse.experiment import ImportParameters
@@ -119,10 +115,7 @@ def main(argv=None):
         process(ProcessParameters(ImportParameters(xds=args.cbf_data), device="gpu"), "/tmp/gpu_stream_out",
                 overwrite=True, progress=False)
         result["end_to_end_cbf_s"] = round(time.perf_counter() - t0, 2)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(json.dumps(result, indent=2))
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

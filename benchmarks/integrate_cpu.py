@@ -10,15 +10,13 @@ Simulates the ``p6m`` preset into --data if it holds no dataset, then times the 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import platform
 import resource
-import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+
+from _results import provenance, write_result
 
 
 def main(argv=None):
@@ -30,9 +28,6 @@ def main(argv=None):
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    import numpy as np
-
-    import gpudiffuse
     from gpudiffuse.backend import resolve_device
     from gpudiffuse.experiment import ImportParameters, import_experiment
     from gpudiffuse.integrate import IntegrationParameters
@@ -58,14 +53,7 @@ def main(argv=None):
     t_integrate = time.perf_counter() - t0
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result = {
-        "benchmark": "integrate_cpu",
-        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                    "python": platform.python_version(), "numpy": np.__version__},
-        "device": "cpu (NumPy engine)",
-        "gpudiffuse": gpudiffuse.__version__,
-        "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        **provenance("integrate_cpu", "cpu (NumPy engine)"),
         "image_size": list(experiment.sweeps[0].panel.image_size),
         "frames": n_frames,
         "unmasked_pixels_per_frame": n_pixels,
@@ -78,10 +66,7 @@ def main(argv=None):
         "integration_pixels_per_s": round(n_frames * n_pixels / t_integrate, 0),
         "peak_rss_mb": round(rss_mb, 1),
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(json.dumps(result, indent=2))
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,8 @@ from .errors import GridError, ImageError, OutputExistsError
 from .experiment import Experiment, ImportParameters, import_experiment, read_experiment, summarise, write_experiment
 from .geometry.vectors import edge_resolution
 from .grid import VoxelGrid
-from .integrate import IntegrationParameters, integrate_sweep, prepare_pixels, profile_edges
-from .io.nexus import atomic_nexus, read_parameters, step_is_complete, write_provenance
+from .integrate import IntegrationParameters, integrate_sweep, prepare_pixels
+from .io.nexus import atomic_nexus, step_is_complete, write_provenance
 from .masking.peaks import PeakModel, PeakParameters, ThresholdProfile, absent_table, find_peaks
 from .merge import MergeParameters, check_grid_symmetry, expand_to_grid, merge
 from .observations import concat_rows, isotropic_frame_scale, observation_table

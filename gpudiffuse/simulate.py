@@ -333,7 +333,7 @@ def _write_cbf(path, data, params, model, z):
 
     nx, ny = params.image_size
     header = "\r\n".join([
-        f"# Detector: PILATUS 300K (simulated by gpudiffuse), S/N 0-000",
+        "# Detector: PILATUS (simulated by gpudiffuse), S/N 0-000",
         f"# Pixel_size {params.pixel_size * 1e-3:.6g} m x {params.pixel_size * 1e-3:.6g} m",
         f"# Silicon sensor, thickness {params.thickness * 1e-3:.6f} m",
         f"# Exposure_time {params.exposure:.7f} s",

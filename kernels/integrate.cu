@@ -9,20 +9,33 @@ struct GdFrameParams {
     double frame_index;      // 0-based frame number within the sweep
 };
 
+// This thread's pixel-frame: its frame f and pixel p, raw value and hkl; false if out of range
+// or invalid in this frame (below the minimum valid value, at or above the overload).
+template <typename T>
+__device__ bool gd_load_pixel(const T* frames, int n_frames, const int64_t* pixel_index, int n_pixels,
+                              int64_t frame_stride, const double* s, const GdFrameParams* fp, double min_valid,
+                              double overload, int* f, int* p, double* value, double* hkl) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)n_frames * n_pixels) return false;
+    *f = (int)(i / n_pixels);
+    *p = (int)(i % n_pixels);
+    *value = (double)frames[*f * frame_stride + pixel_index[*p]];
+    if (*value < min_valid || *value >= overload) return false;
+    gd_hkl(fp[*f].Minv, s[3 * *p], s[3 * *p + 1], s[3 * *p + 2], hkl);
+    return true;
+}
+
 // Pass A: mark the cells touched by valid pixels of the chunk (touched[cell] = 1).
 template <typename T>
 __device__ void gd_mark_cells_impl(const T* frames, int n_frames, const int64_t* pixel_index, int n_pixels,
                                    int64_t frame_stride, const double* s, const GdFrameParams* fp,
                                    const int32_t* ndiv, const int32_t* hmax, double min_valid, double overload,
                                    uint8_t* touched) {
-    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (int64_t)n_frames * n_pixels) return;
-    int f = (int)(i / n_pixels);
-    int p = (int)(i % n_pixels);
-    double value = (double)frames[f * frame_stride + pixel_index[p]];
-    if (value < min_valid || value >= overload) return;
-    double hkl[3];
-    gd_hkl(fp[f].Minv, s[3 * p], s[3 * p + 1], s[3 * p + 2], hkl);
+    int f, p;
+    double value, hkl[3];
+    if (!gd_load_pixel(frames, n_frames, pixel_index, n_pixels, frame_stride, s, fp, min_valid, overload, &f, &p,
+                       &value, hkl))
+        return;
     int32_t sub;
     int64_t cell = gd_voxel_split(hkl, ndiv, hmax, &sub);
     if (cell >= 0) touched[cell] = 1;
@@ -41,14 +54,11 @@ __device__ void gd_accumulate_impl(const T* frames, int n_frames, const int64_t*
                                    unsigned long long* acc_int, double* acc_float, int64_t acc_size,
                                    unsigned long long* zingers, const int32_t* profile_bin, int n_bins,
                                    double* profile_counts, double* profile_kt) {
-    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (int64_t)n_frames * n_pixels) return;
-    int f = (int)(i / n_pixels);
-    int p = (int)(i % n_pixels);
-    double value = (double)frames[f * frame_stride + pixel_index[p]];
-    if (value < min_valid || value >= overload) return;
-    double hkl[3];
-    gd_hkl(fp[f].Minv, s[3 * p], s[3 * p + 1], s[3 * p + 2], hkl);
+    int f, p;
+    double value, hkl[3];
+    if (!gd_load_pixel(frames, n_frames, pixel_index, n_pixels, frame_stride, s, fp, min_valid, overload, &f, &p,
+                       &value, hkl))
+        return;
     bool bragg = use_bragg && gd_is_bragg(hkl, offset, inv_cov, cutoff2, absent, absent_half);
     if (!bragg && value >= threshold[p]) {
         atomicAdd(zingers, 1ULL);

@@ -3,8 +3,6 @@
 import json
 import os
 
-import pytest
-
 from gpudiffuse.cli import build_parser, main
 
 

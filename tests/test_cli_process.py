@@ -1,9 +1,6 @@
 """``gpudiffuse process`` on the tiny dataset and its answers to bad input."""
 
-import shutil
-
 import numpy as np
-import pytest
 
 from gpudiffuse.cli import main
 

@@ -220,6 +220,9 @@ def load_xds(directory: str, xparm: str | None = None) -> list[Sweep]:
             f"neither GXPARM.XDS nor XPARM.XDS found in {directory}: gpudiffuse needs XDS's refined geometry"
         )
     xp = parse_xparm(xparm)
+    if abs(xp["qx"] - qx) > 1e-4 or abs(xp["qy"] - qy) > 1e-4:
+        logger.warning("%s: pixel size %.4f x %.4f mm differs from XDS.INP QX/QY %.4f x %.4f; using XPARM's",
+                       xparm, xp["qx"], xp["qy"], qx, qy)
     if (xp["nx"], xp["ny"]) != (nx, ny):
         raise GeometryError(f"{xparm}: detector size {xp['nx']}x{xp['ny']} differs from XDS.INP NX={nx} NY={ny}")
     if xp["starting_frame"] > first:

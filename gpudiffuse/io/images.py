@@ -49,7 +49,9 @@ def _fabio_open(path: str):
 def _eiger_datasets(path: str):
     """(file handle, list of 3-D datasets in order) for an Eiger master or data file."""
     import h5py  # noqa: PLC0415
-    import hdf5plugin  # noqa: F401,PLC0415  registers the bitshuffle/LZ4 filters
+    import hdf5plugin  # noqa: PLC0415
+
+    del hdf5plugin  # imported for its side effect: it registers the bitshuffle/LZ4 filters with h5py
 
     if not os.path.exists(path):
         raise ImageError(f"image file not found: {path}")
