@@ -49,8 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="write a simulated dataset with known truth",
                        description="Write CBF frames, XDS.INP, GXPARM.XDS, a DIALS .expt and truth.h5 to OUTDIR.")
     p.add_argument("outdir")
-    p.add_argument("--preset", default="small", choices=["tiny", "small", "p6m"],
-                   help="tiny: 487x195, 12 frames; small: Pilatus 300K, 60 frames; p6m: Pilatus 6M, 50 frames")
+    p.add_argument("--preset", default="small", choices=["tiny", "small", "scaling", "p6m"],
+                   help="tiny: 487x195, 12 frames; small: Pilatus 300K, 60 frames; scaling: two 40-frame sweeps "
+                        "with absorption, module factors and an additive offset (DIALS .expt only); "
+                        "p6m: Pilatus 6M, 50 frames")
     p.add_argument("--frames", type=int, help="number of frames (default from the preset)")
     p.add_argument("--ndiv", type=int, nargs=3, default=[3, 3, 3], metavar="N", help="grid of the saved truth")
     p.add_argument("--seed", type=int, help="random seed (default from the preset)")

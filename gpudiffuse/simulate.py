@@ -79,6 +79,12 @@ class SimulationParameters:
     zinger_rate: float = 2e-6                  # per pixel per frame
     overload: int = 1048500
     seed: int = 1
+    n_sweeps: int = 1                          # sweeps, each starting sweep_phi_offset further
+    sweep_phi_offset: float = 90.0
+    sweep_brightness: tuple[float, ...] = (1.0, 1.25, 0.9, 1.1)
+    absorption: float = 0.0                    # amplitude of the smooth surface a(ix, iy, z)
+    module_spread: float = 0.0                 # spread of the per-module factors d
+    offset_level: float = 0.0                  # additive offset c(|s|, z) (intensity units)
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -88,6 +94,8 @@ class SimulationParameters:
 PRESETS = {
     "tiny": SimulationParameters(modules=(1, 1), n_frames=12, distance=80.0),
     "small": SimulationParameters(),
+    "scaling": SimulationParameters(n_sweeps=2, n_frames=40, decay=0.15, absorption=0.06, module_spread=0.04,
+                                    offset_level=0.15),
     "p6m": SimulationParameters(modules=(5, 12), n_frames=50, distance=250.0, dphi=0.1, sub_samples=2,
                                 cell=(60.0, 70.0, 80.0, 90.0, 90.0, 90.0)),
 }
@@ -219,9 +227,36 @@ class SimulatedModel:
         amp = p.bragg_level * self._lookup(self.bragg_weight, g) * np.exp(-p.b_factor * s2 / 4)
         return amp * np.exp(-np.sum(delta_s**2, -1) / (2 * p.bragg_width**2))
 
-    def decay(self, z) -> np.ndarray:
+    def decay(self, z, sweep: int = 0) -> np.ndarray:
+        """b(z) of a sweep: brightness × (1 − decay·z/(n−1))."""
         n = self.params.n_frames
-        return 1.0 - self.params.decay * np.asarray(z, float) / max(n - 1, 1)
+        brightness = self.params.sweep_brightness[sweep] if self.params.n_sweeps > 1 else 1.0
+        return brightness * (1.0 - self.params.decay * np.asarray(z, float) / max(n - 1, 1))
+
+    def absorption_surface(self, ix, iy, z, sweep: int = 0) -> np.ndarray:
+        """a(ix, iy, z): a smooth, absorption-like surface over the detector, slowly changing with z."""
+        nx, ny = self.params.image_size
+        u, v, w = np.asarray(ix) / nx, np.asarray(iy) / ny, np.asarray(z, float) / self.params.n_frames
+        shape = 0.6 * np.cos(2 * np.pi * u + 0.9 * sweep + 1.2 * w) * (v - 0.5) + 0.4 * np.sin(np.pi * v + 1.5 * w)
+        return 1.0 + self.params.absorption * shape
+
+    def module_factors(self) -> np.ndarray:
+        """d per Pilatus module (row-major over modules), geometric mean 1."""
+        n = self.params.modules[0] * self.params.modules[1]
+        u = np.random.default_rng(self.params.seed + 101).uniform(-1, 1, n)
+        d = 1.0 + self.params.module_spread * u
+        return d / np.exp(np.mean(np.log(d)))
+
+    def module_ids(self) -> np.ndarray:
+        nx, ny = self.params.image_size
+        mx = np.arange(nx) // (PILATUS_MODULE[0] + PILATUS_GAP[0])
+        my = np.arange(ny) // (PILATUS_MODULE[1] + PILATUS_GAP[1])
+        return my[:, None] * self.params.modules[0] + mx[None, :]
+
+    def offset(self, s_norm, z, sweep: int = 0) -> np.ndarray:
+        """c(|s|, z): additive residual background (intensity units)."""
+        w = np.asarray(z, float) / self.params.n_frames
+        return self.params.offset_level * (0.5 + 2.0 * np.asarray(s_norm)) * (1.0 + 0.3 * w + 0.1 * sweep)
 
     def rotation(self, phi_deg) -> np.ndarray:
         return Rotation.from_rotvec(np.deg2rad(phi_deg) * self.axis).as_matrix()
@@ -280,38 +315,54 @@ def simulate_dataset(outdir: str, params: SimulationParameters | str = "small", 
     dead, hot = flat[: params.n_dead], flat[params.n_dead:]
     visited = set()
     n = np.asarray(ndiv)
-    bragg_pixels = np.zeros(params.n_frames, dtype=np.int64)
+    bragg_pixels = np.zeros((params.n_sweeps, params.n_frames), dtype=np.int64)
     inv_a = np.linalg.inv(model.A)
-    for z in tqdm(range(params.n_frames), desc="simulate", unit="frame", disable=not progress):
-        phi_mid = params.phi0 + (z + 0.5) * params.dphi
-        hkl_mid = s_vectors @ (inv_a @ model.rotation(phi_mid).T).T
-        intensity = model.diffuse(hkl_mid) + isotropic
-        bragg = np.zeros_like(intensity)
-        for k in range(params.sub_samples):
-            phi = params.phi0 + (z + (k + 0.5) / params.sub_samples) * params.dphi
-            hkl = s_vectors @ (inv_a @ model.rotation(phi).T).T
-            bragg += model.bragg(hkl)
-        bragg /= params.sub_samples
-        expected = params.exposure * params.scale * model.decay(z) * factor
-        counts = rng.poisson(expected * (intensity + bragg)).astype(np.int64)
-        bragg_pixels[z] = np.count_nonzero(expected * bragg > 1.0)
-        zingers = rng.random(counts.shape) < params.zinger_rate
-        counts[zingers] += rng.integers(500, 5000, np.count_nonzero(zingers))
-        counts.ravel()[hot] = 60000
-        counts = np.minimum(counts, params.overload)
-        counts[gaps] = -1
-        counts.ravel()[dead] = -2
-        _write_cbf(os.path.join(outdir, "frames", f"frame_{z + 1:05d}.cbf"), counts.astype(np.int32), params, model, z)
-        keys = np.rint(hkl_mid[~gaps] * n).astype(np.int64)
-        visited.update(map(tuple, np.unique(keys, axis=0)))
-    _write_xds(outdir, params, model)
+    iy, ix = np.mgrid[0:ny, 0:nx]
+    detector_factor = model.module_factors()[model.module_ids()] if params.module_spread else 1.0
+    bar = tqdm(total=params.n_sweeps * params.n_frames, desc="simulate", unit="frame", disable=not progress)
+    for sweep in range(params.n_sweeps):
+        phi_start = params.phi0 + sweep * params.sweep_phi_offset
+        for z in range(params.n_frames):
+            phi_mid = phi_start + (z + 0.5) * params.dphi
+            hkl_mid = s_vectors @ (inv_a @ model.rotation(phi_mid).T).T
+            intensity = model.diffuse(hkl_mid) + isotropic
+            bragg = np.zeros_like(intensity)
+            for k in range(params.sub_samples):
+                phi = phi_start + (z + (k + 0.5) / params.sub_samples) * params.dphi
+                hkl = s_vectors @ (inv_a @ model.rotation(phi).T).T
+                bragg += model.bragg(hkl)
+            bragg /= params.sub_samples
+            expected = params.exposure * params.scale * factor
+            if params.absorption:
+                expected = expected * model.absorption_surface(ix, iy, z, sweep)
+            expected = expected * detector_factor
+            scaled = model.decay(z, sweep) * (intensity + bragg)
+            if params.offset_level:
+                scaled = scaled + model.offset(s_norm, z, sweep)
+            counts = rng.poisson(expected * scaled).astype(np.int64)
+            bragg_pixels[sweep, z] = np.count_nonzero(expected * model.decay(z, sweep) * bragg > 1.0)
+            zingers = rng.random(counts.shape) < params.zinger_rate
+            counts[zingers] += rng.integers(500, 5000, np.count_nonzero(zingers))
+            counts.ravel()[hot] = 60000
+            counts = np.minimum(counts, params.overload)
+            counts[gaps] = -1
+            counts.ravel()[dead] = -2
+            _write_cbf(os.path.join(outdir, "frames", _frame_name(params, sweep, z)), counts.astype(np.int32),
+                       params, model, z, phi_start)
+            keys = np.rint(hkl_mid[~gaps] * n).astype(np.int64)
+            visited.update(map(tuple, np.unique(keys, axis=0)))
+            bar.update(1)
+    bar.close()
+    if params.n_sweeps == 1:
+        _write_xds(outdir, params, model)
     _write_dials(outdir, params, model)
     keys = np.array(sorted(visited), dtype=np.int64)
     truth = voxel_truth(model, keys / n, ndiv)
     with h5py.File(os.path.join(outdir, "truth.h5"), "w") as f:
         f.attrs["parameters"] = json.dumps(asdict(params))
         f.attrs["ndiv"] = n
-        f["decay"] = model.decay(np.arange(params.n_frames))
+        f["decay"] = np.array([model.decay(np.arange(params.n_frames), j) for j in range(params.n_sweeps)])
+        f["module_factors"] = model.module_factors()
         f["bragg_pixels_per_frame"] = bragg_pixels
         f["voxel/H"], f["voxel/K"], f["voxel/L"] = keys[:, 0], keys[:, 1], keys[:, 2]
         f["voxel/intensity"] = truth
@@ -328,7 +379,13 @@ def load_model(outdir: str) -> SimulatedModel:
     return SimulatedModel(SimulationParameters(**raw))
 
 
-def _write_cbf(path, data, params, model, z):
+def _frame_name(params, sweep, z):
+    if params.n_sweeps == 1:
+        return f"frame_{z + 1:05d}.cbf"
+    return f"sweep{sweep + 1}_{z + 1:05d}.cbf"
+
+
+def _write_cbf(path, data, params, model, z, phi_start):
     from fabio.cbfimage import CbfImage  # noqa: PLC0415
 
     nx, ny = params.image_size
@@ -342,7 +399,7 @@ def _write_cbf(path, data, params, model, z):
         f"# Wavelength {params.wavelength:.5f} A",
         f"# Detector_distance {params.distance * 1e-3:.5f} m",
         f"# Beam_xy ({model.orgx - 1:.2f}, {model.orgy - 1:.2f}) pixels",
-        f"# Start_angle {params.phi0 + z * params.dphi:.4f} deg.",
+        f"# Start_angle {phi_start + z * params.dphi:.4f} deg.",
         f"# Angle_increment {params.dphi:.4f} deg.",
         "",
     ])
@@ -409,11 +466,14 @@ def _write_dials(outdir, params, model):
     origin = params.distance * en + (0.5 - model.orgx) * params.pixel_size * ex + (0.5 - model.orgy) * params.pixel_size * ey
     a, b, c = model.real_axes
     sg = gemmi.SpaceGroup(params.space_group)
+    sweeps = range(params.n_sweeps)
+    templates = (["frames/frame_#####.cbf"] if params.n_sweeps == 1
+                 else [f"frames/sweep{j + 1}_#####.cbf" for j in sweeps])
     doc = {
         "__id__": "ExperimentList",
-        "experiment": [{"__id__": "Experiment", "identifier": "sim", "beam": 0, "detector": 0, "goniometer": 0,
-                        "scan": 0, "crystal": 0, "imageset": 0}],
-        "imageset": [{"__id__": "ImageSequence", "template": "frames/frame_#####.cbf"}],
+        "experiment": [{"__id__": "Experiment", "identifier": f"sim{j}", "beam": 0, "detector": 0, "goniometer": 0,
+                        "scan": j, "crystal": 0, "imageset": j} for j in sweeps],
+        "imageset": [{"__id__": "ImageSequence", "template": t} for t in templates],
         "beam": [{"direction": list(-model.beam), "wavelength": params.wavelength,
                   "polarization_normal": [0.0, 1.0, 0.0], "polarization_fraction": 0.99}],
         "detector": [{"hierarchy": {"origin": [0.0, 0.0, 0.0], "fast_axis": [1.0, 0.0, 0.0],
@@ -425,8 +485,9 @@ def _write_dials(outdir, params, model):
                                   "material": "Si", "mask": []}]}],
         "goniometer": [{"rotation_axis": list(model.axis), "fixed_rotation": [1, 0, 0, 0, 1, 0, 0, 0, 1],
                         "setting_rotation": [1, 0, 0, 0, 1, 0, 0, 0, 1]}],
-        "scan": [{"image_range": [1, params.n_frames], "oscillation": [params.phi0, params.dphi],
-                  "exposure_time": [params.exposure] * params.n_frames, "batch_offset": 0}],
+        "scan": [{"image_range": [1, params.n_frames],
+                  "oscillation": [params.phi0 + j * params.sweep_phi_offset, params.dphi],
+                  "exposure_time": [params.exposure] * params.n_frames, "batch_offset": 0} for j in sweeps],
         "crystal": [{"__id__": "crystal", "real_space_a": list(a), "real_space_b": list(b), "real_space_c": list(c),
                      "space_group_hall_symbol": sg.hall}],
     }

@@ -1,0 +1,248 @@
+"""Scaling model I_obs ≈ a(ix, iy, z) · d(region) · [ b(z) · I(hkl) + c(|s|, z) ] (DESIGN §10).
+
+Every component is a set of control points with linear (hat-function) interpolation:
+
+* ``b``  per batch, piecewise linear in frame z                                (dimensionless)
+* ``c``  per batch, bilinear in (|s|, z)                                       (intensity units)
+* ``a``  per batch, trilinear in (ix, iy, z) on a coarse grid over the detector (dimensionless)
+* ``d``  one factor per detector region (Pilatus/Eiger module), shared by all batches
+
+Degeneracies are removed in the parametrisation: the model uses *effective* values
+b/mean(b) (overall scale), a divided by its mean over the detector plane at each (batch, z)
+node (a carries no per-frame scale, that is b's job), d/mean(d), and c is zero at the
+lowest-|s| control points (the constant shared by c and I). The loss is therefore
+unchanged along the redundant directions of the raw parameters.
+
+Observation coordinates are precomputed into interpolation indices and weights
+(:class:`Design`), shared by the JAX joint fit and the alternating baseline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from ..errors import GpudiffuseError
+
+__all__ = ["ScaleOptions", "BScale", "COffset", "ASurface", "DRegions", "ScaleParams", "Design", "build_design",
+           "effective", "penalty_operators", "initial_params"]
+
+
+class BScale(NamedTuple):
+    """b: (n_batches · n_z,) control points, batch-major; dimensionless scale per frame node."""
+
+    values: np.ndarray
+
+
+class COffset(NamedTuple):
+    """c: (n_batches · n_s · n_z,) control points (batch, |s| node, z node); intensity units."""
+
+    values: np.ndarray
+
+
+class ASurface(NamedTuple):
+    """a: (n_batches · n_x · n_y · n_z,) control points (batch, ix node, iy node, z node)."""
+
+    values: np.ndarray
+
+
+class DRegions(NamedTuple):
+    """d: (n_regions,) one factor per detector region."""
+
+    values: np.ndarray
+
+
+class ScaleParams(NamedTuple):
+    b: BScale
+    c: COffset
+    a: ASurface
+    d: DRegions
+
+
+@dataclass(frozen=True)
+class ScaleOptions:
+    """Grid sizes and fit settings.
+
+    frames_per_b_node : spacing of b's control points in frames (per batch, at least 2 nodes).
+    c_nodes : (|s| nodes, z nodes) of c. a_nodes : (x, y, z) nodes of a.
+    multipliers : relative weights of the penalties (× trace(data)/trace(penalty)).
+    outlier_rounds : k of the successive two-sided rejections |r| > k·rms.
+    """
+
+    frames_per_b_node: int = 5
+    c_nodes: tuple[int, int] = (6, 3)
+    a_nodes: tuple[int, int, int] = (5, 5, 3)
+    smooth_b: float = 1e-3
+    smooth_c: float = 1e-3
+    ridge_c: float = 1e-4
+    smooth_a: float = 1e-2
+    d_to_one: float = 1e-5
+    outlier_rounds: tuple[float, ...] = (10.0, 5.0)
+    max_iterations: int = 500
+    tolerance: float = 1e-10
+    method: str = "joint"
+
+    def __post_init__(self):
+        if self.method not in ("joint", "alternating"):
+            raise GpudiffuseError(f"unknown scaling method {self.method!r} (joint or alternating)")
+        if self.frames_per_b_node < 1 or min(self.c_nodes) < 1 or min(self.a_nodes) < 1:
+            raise GpudiffuseError("scaling grid sizes must be positive")
+
+
+@dataclass
+class Design:
+    """Per-observation interpolation indices/weights and the static structure of the model."""
+
+    ib: np.ndarray
+    wb: np.ndarray
+    ic: np.ndarray
+    wc: np.ndarray
+    ia: np.ndarray
+    wa: np.ndarray
+    region: np.ndarray
+    n_b: int
+    n_c: int
+    n_a: int
+    n_regions: int
+    a_group: np.ndarray      # (n_a,) index of the (batch, z node) normalisation group of each a node
+    n_a_groups: int
+    c_free: np.ndarray       # (n_c,) False at the pinned lowest-|s| nodes
+    shape_b: tuple
+    shape_c: tuple
+    shape_a: tuple
+    ranges: dict             # coordinate ranges, for applying and saving the model
+
+
+def _hat(u, lo, hi, n):
+    """Linear interpolation on n uniform nodes over [lo, hi]: (i0, i1, w0, w1)."""
+    if n == 1:
+        zero = np.zeros(len(u), np.int64)
+        return zero, zero, np.ones(len(u)), np.zeros(len(u))
+    p = np.clip((u - lo) / max(hi - lo, 1e-12), 0, 1) * (n - 1)
+    i0 = np.clip(np.floor(p).astype(np.int64), 0, n - 2)
+    t = p - i0
+    return i0, i0 + 1, 1 - t, t
+
+
+def build_design(table: dict, batches, n_frames: dict, options: ScaleOptions, image_size, regions=None) -> Design:
+    """Interpolation structure for the observations of ``table`` (columns batch, frame, s, ix, iy).
+
+    batches : the batch ids expected (each must have observations); n_frames : batch → frames.
+    regions : optional (n_slow, n_fast) int map of detector regions (−1 outside).
+    """
+    batch_ids = {b: i for i, b in enumerate(sorted(batches))}
+    nb_batches = len(batch_ids)
+    batch = np.array([batch_ids[b] for b in table["batch"]], dtype=np.int64)
+    nz_b = {b: max(2, int(np.ceil(n_frames[b] / options.frames_per_b_node)) + 1) for b in batch_ids}
+    n_bz = max(nz_b.values())
+    frame = np.asarray(table["frame"], dtype=np.float64)
+    zmax = np.array([n_frames[b] - 1 for b in sorted(batch_ids)], dtype=np.float64)[batch]
+    i0, i1, w0, w1 = _hat(frame / np.maximum(zmax, 1), 0.0, 1.0, n_bz)
+    ib = np.stack([batch * n_bz + i0, batch * n_bz + i1], 1)
+    wb = np.stack([w0, w1], 1)
+
+    ns, nzc = options.c_nodes
+    s = np.asarray(table["s"], dtype=np.float64)
+    smin, smax = float(s.min()), float(s.max())
+    s0, s1, ws0, ws1 = _hat(s, smin, smax, ns)
+    z0, z1, wz0, wz1 = _hat(frame / np.maximum(zmax, 1), 0.0, 1.0, nzc)
+    ic = np.stack([(batch * ns + si) * nzc + zi for si in (s0, s1) for zi in (z0, z1)], 1)
+    wc = np.stack([ws * wz for ws in (ws0, ws1) for wz in (wz0, wz1)], 1)
+
+    nx, ny, nza = options.a_nodes
+    fast, slow = image_size
+    x0, x1, wx0, wx1 = _hat(np.asarray(table["ix"], float), 0.0, fast - 1.0, nx)
+    y0, y1, wy0, wy1 = _hat(np.asarray(table["iy"], float), 0.0, slow - 1.0, ny)
+    za0, za1, wza0, wza1 = _hat(frame / np.maximum(zmax, 1), 0.0, 1.0, nza)
+    ia = np.stack([((batch * nx + xi) * ny + yi) * nza + zi for xi in (x0, x1) for yi in (y0, y1)
+                   for zi in (za0, za1)], 1)
+    wa = np.stack([wx * wy * wz for wx in (wx0, wx1) for wy in (wy0, wy1) for wz in (wza0, wza1)], 1)
+    # a normalisation groups: (batch, z node)
+    grid_b, grid_x, grid_y, grid_z = np.meshgrid(np.arange(nb_batches), np.arange(nx), np.arange(ny), np.arange(nza),
+                                                 indexing="ij")
+    a_group = (grid_b * nza + grid_z).ravel()
+
+    if regions is not None:
+        rx = np.clip(np.rint(table["ix"]).astype(np.int64), 0, fast - 1)
+        ry = np.clip(np.rint(table["iy"]).astype(np.int64), 0, slow - 1)
+        region_raw = regions[ry, rx]
+        region_raw = np.where(region_raw < 0, 0, region_raw)
+        unique, region = np.unique(region_raw, return_inverse=True)
+        n_regions = len(unique)
+    else:
+        region, n_regions = np.zeros(len(s), np.int64), 1
+    c_free = np.ones((nb_batches, ns, nzc), bool)
+    c_free[0, 0, 0] = False  # one pinned node fixes the constant shared by c and Î
+    return Design(ib, wb, ic, wc, ia, wa, region.astype(np.int64), nb_batches * n_bz, nb_batches * ns * nzc,
+                  nb_batches * nx * ny * nza, n_regions, a_group, nb_batches * nza, c_free.ravel(),
+                  (nb_batches, n_bz), (nb_batches, ns, nzc), (nb_batches, nx, ny, nza),
+                  {"s": (smin, smax), "image_size": tuple(image_size), "batches": sorted(batch_ids),
+                   "n_frames": {int(b): int(n_frames[b]) for b in batch_ids}})
+
+
+def initial_params(design: Design) -> ScaleParams:
+    return ScaleParams(BScale(np.ones(design.n_b)), COffset(np.zeros(design.n_c)), ASurface(np.ones(design.n_a)),
+                       DRegions(np.ones(design.n_regions)))
+
+
+def effective(params: ScaleParams, design: Design, xp=np):
+    """Effective (degeneracy-free) b, c, a, d from raw parameters; ``xp`` is numpy or jax.numpy."""
+    b = params.b.values / xp.mean(params.b.values)
+    c = params.c.values * xp.asarray(design.c_free, dtype=params.c.values.dtype)
+    group = design.a_group
+    if xp is np:
+        sums = np.bincount(group, weights=params.a.values, minlength=design.n_a_groups)
+    else:
+        import jax  # noqa: PLC0415
+
+        sums = jax.ops.segment_sum(params.a.values, xp.asarray(group), num_segments=design.n_a_groups)
+    counts = np.bincount(group, minlength=design.n_a_groups)
+    a = params.a.values / (sums / xp.asarray(counts, dtype=params.a.values.dtype))[group]
+    d = params.d.values / xp.mean(params.d.values)
+    return b, c, a, d
+
+
+def _second_difference(shape, axis):
+    """Matrix of second differences along ``axis`` of a C-ordered array of ``shape``."""
+    n = int(np.prod(shape))
+    index = np.arange(n).reshape(shape)
+    if shape[axis] < 3:
+        return np.zeros((0, n))
+    lo = np.take(index, range(0, shape[axis] - 2), axis=axis).ravel()
+    mid = np.take(index, range(1, shape[axis] - 1), axis=axis).ravel()
+    hi = np.take(index, range(2, shape[axis]), axis=axis).ravel()
+    m = np.zeros((len(mid), n))
+    rows = np.arange(len(mid))
+    m[rows, lo], m[rows, mid], m[rows, hi] = 1.0, -2.0, 1.0
+    return m
+
+
+def _plane_laplacian(shape):
+    """'Centre minus neighbour mean' over axes 1 and 2 (the detector plane) of (batch, x, y, z)."""
+    n = int(np.prod(shape))
+    index = np.arange(n).reshape(shape)
+    rows = []
+    for bi in range(shape[0]):
+        for x in range(shape[1]):
+            for y in range(shape[2]):
+                for z in range(shape[3]):
+                    nbrs = [index[bi, x + dx, y + dy, z] for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1))
+                            if 0 <= x + dx < shape[1] and 0 <= y + dy < shape[2]]
+                    if not nbrs:
+                        continue
+                    row = np.zeros(n)
+                    row[index[bi, x, y, z]] = 1.0
+                    row[nbrs] -= 1.0 / len(nbrs)
+                    rows.append(row)
+    return np.array(rows) if rows else np.zeros((0, n))
+
+
+def penalty_operators(design: Design) -> dict:
+    """Penalty matrices per component (rows: penalty residuals on the effective values);
+    ``d`` is a residual d − 1 handled separately."""
+    b_ops = _second_difference(design.shape_b, 1)
+    c_ops = np.vstack([_second_difference(design.shape_c, 1), _second_difference(design.shape_c, 2)])
+    a_ops = np.vstack([_second_difference(design.shape_a, ax) for ax in (1, 2, 3)] + [_plane_laplacian(design.shape_a)])
+    return {"b": b_ops, "c": c_ops, "c_ridge": np.eye(design.n_c), "a": a_ops, "d": np.eye(design.n_regions)}
