@@ -23,7 +23,9 @@ from .integrate import IntegrationParameters, integrate_sweep, prepare_pixels
 from .io.nexus import atomic_nexus, step_is_complete, write_provenance
 from .masking.peaks import PeakModel, PeakParameters, ThresholdProfile, absent_table, find_peaks
 from .merge import MergeParameters, check_grid_symmetry, expand_to_grid, merge
+from .scaling.fit import apply_scales
 from .observations import concat_rows, isotropic_frame_scale, observation_table
+from .scaling import ScaleOptions
 
 __all__ = ["ProcessParameters", "process", "resolve_dmin", "format_statistics"]
 
@@ -40,16 +42,17 @@ class ProcessParameters:
     integration: IntegrationParameters = field(default_factory=IntegrationParameters)
     peaks: PeakParameters = field(default_factory=PeakParameters)
     merging: MergeParameters = field(default_factory=MergeParameters)
+    scaling: ScaleOptions = field(default_factory=ScaleOptions)
     device: str = "auto"
     background: str | None = None
     bragg_mask: bool = True
-    scale: str = "isotropic"
+    scale: str = "model"
     min_pixels: int = 1
     min_counts: int = 0
 
     def __post_init__(self):
-        if self.scale not in ("isotropic", "none"):
-            raise GridError(f"unknown scale mode {self.scale!r} (isotropic or none)")
+        if self.scale not in ("model", "isotropic", "none"):
+            raise GridError(f"unknown scale mode {self.scale!r} (model, isotropic or none)")
 
 
 def resolve_dmin(experiment: Experiment, dmin: float | None) -> float:
@@ -78,6 +81,8 @@ def _params_dict(params: ProcessParameters, upto: str) -> dict:
         d["background"] = params.background
         d["scale"] = params.scale
         d["min_pixels"], d["min_counts"] = params.min_pixels, params.min_counts
+    if upto in ("scale", "merged", "map"):
+        d["scaling"] = asdict(params.scaling) if params.scale == "model" else None
     if upto in ("merged", "map"):
         d["merging"] = asdict(params.merging)
     return d
@@ -132,11 +137,27 @@ def process(params: ProcessParameters, out: str, overwrite: bool = False, progre
     else:
         tables = _read_integrate(path)
 
-    # 4. merge
+    # 4. scaling
+    observations = tables["observations"]
+    scale_fit = None
+    if params.scale == "model":
+        path = _step_path(out, "scale")
+        p = _params_dict(params, "scale")
+        if _should_run(path, p, overwrite):
+            scale_fit = fit_observations(experiment, observations, params.integration.ndiv, params.scaling, progress)
+            write_scale(path, scale_fit, p, backend)
+        else:
+            scale_fit = read_scale(path, experiment, observations, params.integration.ndiv)
+        observations = apply_scales(observations, scale_fit)
+        if tables["excluded"]:
+            tables["excluded"] = apply_scales_to_other(experiment, tables["excluded"], scale_fit,
+                                                       params.integration.ndiv, params.scaling)
+
+    # 5. merge
     crystal = experiment.sweeps[0].crystal
     metric = crystal.A.T @ crystal.A
-    value, sigma = _value_columns(tables["observations"])
-    merged, stats, rejected = merge(tables["observations"], space_group, params.integration.ndiv, metric,
+    value, sigma = _value_columns(observations)
+    merged, stats, rejected = merge(observations, space_group, params.integration.ndiv, metric,
                                     params.merging, value=value, sigma=sigma)
     if not len(merged["intensity"]):
         raise GridError("no voxel was observed: check --dmin, the mask and the frame range")
@@ -175,7 +196,83 @@ def process(params: ProcessParameters, out: str, overwrite: bool = False, progre
         entry.attrs["default"] = "data"
         handle.attrs["default"] = "entry"
     return {"merged": merged, "statistics": stats, "rejected": rejected, "dmin": dmin,
-            "peak_model": None if search is None else search.model, "out": out}
+            "peak_model": None if search is None else search.model, "out": out, "scale_fit": scale_fit}
+
+
+def _scale_design(experiment, table, ndiv, options, s_range=None):
+    from .masking.layout import layout_for_size  # noqa: PLC0415
+    from .merge import _pack, map_to_asu  # noqa: PLC0415
+    from .scaling import build_design  # noqa: PLC0415
+
+    panel = experiment.sweeps[0].panel
+    layout = layout_for_size(panel.image_size)
+    n_frames = {s.batch: s.scan.num_frames for s in experiment.sweeps}
+    design = build_design(table, sorted(n_frames), n_frames, options, panel.image_size,
+                          None if layout is None else layout.module_ids(), s_range)
+    voxels = np.column_stack([table["H"], table["K"], table["L"]])
+    asu, _ = map_to_asu(voxels, experiment.space_group, ndiv)
+    return design, _pack(asu), sorted(n_frames)
+
+
+def fit_observations(experiment, table, ndiv, options, progress=True):
+    """Fit the scaling model to an observation table (all sweeps of ``experiment``)."""
+    from .scaling import fit_scales  # noqa: PLC0415
+
+    design, groups, batches = _scale_design(experiment, table, ndiv, options)
+    fit = fit_scales(table, groups, design, options, batches, progress)
+    logger.info("scaling (%s): χ² %.6g → %.6g in %d iterations (%s), %d outliers rejected", fit.method,
+                fit.chi2_before, fit.chi2_after, fit.iterations, "converged" if fit.converged else "NOT converged",
+                fit.rejected)
+    return fit
+
+
+def apply_scales_to_other(experiment, table, fit, ndiv, options):
+    """Apply a fitted model to another table of the same sweeps (the Bragg/excluded one)."""
+    from .scaling.fit import ScaleFit  # noqa: PLC0415
+
+    design, _, _ = _scale_design(experiment, table, ndiv, options, fit.design.ranges["s"])
+    return apply_scales(table, ScaleFit(fit.params, design, fit.weights))
+
+
+def write_scale(path, fit, parameters, backend):
+    with atomic_nexus(path, overwrite=True) as handle:
+        entry = handle.create_group("entry")
+        write_provenance(entry, "scale", parameters, backend)
+        g = entry.create_group("model")
+        g.attrs["NX_class"] = "NXcollection"
+        for name in ("b", "c", "a", "d"):
+            g[name] = getattr(fit.params, name).values
+        g["b"].attrs["shape"], g["c"].attrs["shape"], g["a"].attrs["shape"] = (
+            fit.design.shape_b, fit.design.shape_c, fit.design.shape_a)
+        g["loss_history"] = np.asarray(fit.history, dtype=np.float64)
+        for key in ("chi2_before", "chi2_after", "iterations", "converged", "rejected", "method"):
+            g.attrs[key] = getattr(fit, key)
+        g.attrs["penalty_weights"] = json.dumps(fit.weights)
+        g.attrs["s_range"] = np.asarray(fit.design.ranges["s"], dtype=np.float64)
+
+
+def read_scale(path, experiment, table, ndiv):
+    from .scaling.fit import ScaleFit  # noqa: PLC0415
+    from .scaling.model import ASurface, BScale, COffset, DRegions, ScaleParams  # noqa: PLC0415
+
+    params = read_parameters_of(path)
+    options = ScaleOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in params["scaling"].items()})
+    with h5py.File(path, "r") as handle:
+        s_range = tuple(handle["entry/model"].attrs["s_range"])
+    design, _, _ = _scale_design(experiment, table, ndiv, options, s_range)
+    with h5py.File(path, "r") as handle:
+        g = handle["entry/model"]
+        values = ScaleParams(BScale(g["b"][()]), COffset(g["c"][()]), ASurface(g["a"][()]), DRegions(g["d"][()]))
+        fit = ScaleFit(values, design, json.loads(g.attrs["penalty_weights"]), list(g["loss_history"][()]),
+                       float(g.attrs["chi2_before"]), float(g.attrs["chi2_after"]), int(g.attrs["iterations"]),
+                       bool(g.attrs["converged"]), int(g.attrs["rejected"]), str(g.attrs["method"]))
+    return fit
+
+
+def read_parameters_of(path):
+    from .io.nexus import read_parameters  # noqa: PLC0415
+
+    return read_parameters(path)
 
 
 def _value_columns(table):

@@ -13,7 +13,7 @@ def run(capsys, *args):
 
 def expect_failure(capsys, tmp_path, args, *fragments):
     out = tmp_path / "out"
-    code, _, err = run(capsys, *args, "-o", str(out), "--device", "cpu")
+    code, _, err = run(capsys, *args, "-o", str(out), "--device", "cpu", "--scale", "isotropic")
     assert code == 1, err
     for fragment in fragments:
         assert fragment in err, err

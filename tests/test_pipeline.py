@@ -27,7 +27,7 @@ def small(tmp_path_factory):
     simulate_dataset(data, "small", progress=False)
     out = str(root / "out")
     result = process(ProcessParameters(ImportParameters(xds=data), IntegrationParameters(ndiv=NDIV, dmin=DMIN),
-                                       device="cpu"), out, progress=False)
+                                       device="cpu", scale="isotropic"), out, progress=False)
     return data, out, result
 
 
@@ -122,9 +122,10 @@ def test_resume_skips_finished_steps(small, capsys):
     data, out, result = small
     stamp = os.path.getmtime(os.path.join(out, "integrate.nxs"))
     again = process(ProcessParameters(ImportParameters(xds=data), IntegrationParameters(ndiv=NDIV, dmin=DMIN),
-                                      device="cpu"), out, progress=False)
+                                      device="cpu", scale="isotropic"), out, progress=False)
     assert os.path.getmtime(os.path.join(out, "integrate.nxs")) == stamp
     np.testing.assert_array_equal(again["merged"]["intensity"], result["merged"]["intensity"])
     # other parameters are refused without --overwrite
-    code = main(["process", "--xds", data, "-o", out, "--ndiv", "3", "3", "3", "--dmin", "2.5", "--device", "cpu"])
+    code = main(["process", "--xds", data, "-o", out, "--ndiv", "3", "3", "3", "--dmin", "2.5", "--device", "cpu",
+                 "--scale", "isotropic"])
     assert code == 1 and "--overwrite" in capsys.readouterr().err

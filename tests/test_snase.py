@@ -26,7 +26,7 @@ def snase_run(request, snase_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp(f"snase{n}") / "out"
     files = sorted(str(p) for p in (snase_dir / "experiments").glob("experiments_for_lunus_*.json"))
     code = main(["process", "--expt", *files, "-o", str(out), "--ndiv", str(n), str(n), str(n), "--dmin", "1.6",
-                 "--device", "cpu"])
+                 "--device", "cpu", "--scale", "isotropic"])
     assert code == 0
     return n, out
 
@@ -72,7 +72,7 @@ def test_peak_cloud_on_snase_is_centred(snase_run):
 def test_original_geometry_is_flagged(snase_dir, tmp_path, capsys):
     files = sorted(str(p) for p in (snase_dir / "experiments-lunus-original").glob("experiments_for_lunus_*.json"))
     code = main(["process", "--expt", *files, "-o", str(tmp_path / "o"), "--ndiv", "1", "1", "1", "--dmin", "3",
-                 "--device", "cpu"])
+                 "--device", "cpu", "--scale", "isotropic"])
     stdout = capsys.readouterr().out
     assert code == 0
     assert "WARNING: the strong pixels do not index" in stdout

@@ -74,14 +74,14 @@ class ScaleOptions:
     frames_per_b_node: int = 5
     c_nodes: tuple[int, int] = (6, 3)
     a_nodes: tuple[int, int, int] = (5, 5, 3)
-    smooth_b: float = 1e-3
-    smooth_c: float = 1e-3
+    smooth_b: float = 1e-2
+    smooth_c: float = 1e-2
     ridge_c: float = 1e-4
-    smooth_a: float = 1e-2
+    smooth_a: float = 1e-1
     d_to_one: float = 1e-5
     outlier_rounds: tuple[float, ...] = (10.0, 5.0)
-    max_iterations: int = 500
-    tolerance: float = 1e-10
+    max_iterations: int = 300
+    tolerance: float = 1e-8
     method: str = "joint"
 
     def __post_init__(self):
@@ -126,11 +126,14 @@ def _hat(u, lo, hi, n):
     return i0, i0 + 1, 1 - t, t
 
 
-def build_design(table: dict, batches, n_frames: dict, options: ScaleOptions, image_size, regions=None) -> Design:
+def build_design(table: dict, batches, n_frames: dict, options: ScaleOptions, image_size, regions=None,
+                 s_range=None) -> Design:
     """Interpolation structure for the observations of ``table`` (columns batch, frame, s, ix, iy).
 
     batches : the batch ids expected (each must have observations); n_frames : batch → frames.
     regions : optional (n_slow, n_fast) int map of detector regions (−1 outside).
+    s_range : (min, max) |s| of c's nodes (default: the table's range), to apply a fitted model
+    to another table.
     """
     batch_ids = {b: i for i, b in enumerate(sorted(batches))}
     nb_batches = len(batch_ids)
@@ -145,7 +148,7 @@ def build_design(table: dict, batches, n_frames: dict, options: ScaleOptions, im
 
     ns, nzc = options.c_nodes
     s = np.asarray(table["s"], dtype=np.float64)
-    smin, smax = float(s.min()), float(s.max())
+    smin, smax = (float(s.min()), float(s.max())) if s_range is None else s_range
     s0, s1, ws0, ws1 = _hat(s, smin, smax, ns)
     z0, z1, wz0, wz1 = _hat(frame / np.maximum(zmax, 1), 0.0, 1.0, nzc)
     ic = np.stack([(batch * ns + si) * nzc + zi for si in (s0, s1) for zi in (z0, z1)], 1)
@@ -167,10 +170,8 @@ def build_design(table: dict, batches, n_frames: dict, options: ScaleOptions, im
     if regions is not None:
         rx = np.clip(np.rint(table["ix"]).astype(np.int64), 0, fast - 1)
         ry = np.clip(np.rint(table["iy"]).astype(np.int64), 0, slow - 1)
-        region_raw = regions[ry, rx]
-        region_raw = np.where(region_raw < 0, 0, region_raw)
-        unique, region = np.unique(region_raw, return_inverse=True)
-        n_regions = len(unique)
+        region = np.maximum(regions[ry, rx], 0)
+        n_regions = int(regions.max()) + 1
     else:
         region, n_regions = np.zeros(len(s), np.int64), 1
     c_free = np.ones((nb_batches, ns, nzc), bool)

@@ -1,0 +1,27 @@
+"""Catalogue of scaling problems with known truth (table-level simulations from gpudiffuse.simulate)."""
+
+import numpy as np
+
+from gpudiffuse.scaling import ScaleOptions, build_design
+from gpudiffuse.simulate import simulate_observation_table
+
+PROBLEMS = {
+    "two_batches": dict(n_obs=40_000, n_batches=2, n_frames=60, seed=3),
+    "three_batches_noisier": dict(n_obs=40_000, n_batches=3, n_frames=40, seed=4, noise=0.04),
+}
+
+OPTIONS = ScaleOptions(frames_per_b_node=10, c_nodes=(4, 2), a_nodes=(4, 4, 2), max_iterations=300)
+
+
+def problem(name):
+    table, truth = simulate_observation_table(**PROBLEMS[name])
+    batches = sorted(np.unique(table["batch"]).tolist())
+    n_frames = {b: truth["n_frames"] for b in batches}
+    design = build_design(table, batches, n_frames, OPTIONS, (487, 619), truth["regions_map"])
+    return table, truth, design
+
+
+def b_error(b, truth_b):
+    """max |b/(k·b_true) − 1| after fixing the overall scale k (geometric mean of the ratio)."""
+    k = np.exp(np.mean(np.log(b / truth_b)))
+    return float(np.max(np.abs(b / (k * truth_b) - 1)))
