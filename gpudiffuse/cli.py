@@ -97,7 +97,7 @@ def _add_processing(p):
     g.add_argument("--background", metavar="TEMPLATE",
                    help="background frames without the crystal (template with ? or #), subtracted per voxel")
     g.add_argument("--frames", type=int, nargs=2, metavar=("FIRST", "LAST"), help="file numbers to process")
-    g.add_argument("--wedge-frames", type=int, default=10, help="frames per wedge of observations (default 10)")
+    g.add_argument("--wedge-frames", type=int, default=5, help="frames per wedge of observations (default 5)")
     g.add_argument("--min-pixels", type=int, default=1, help="drop observations with fewer pixels")
     g.add_argument("--min-counts", type=int, default=0, help="drop observations with fewer counts")
     g.add_argument("--no-air", action="store_true", help="no air-attenuation correction")

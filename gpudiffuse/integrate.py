@@ -44,7 +44,7 @@ class IntegrationParameters:
 
     ndiv: tuple[int, int, int] = (3, 3, 3)
     dmin: float | None = None
-    wedge_frames: int = 10
+    wedge_frames: int = 5
     chunk_size: int = 8
     frames: tuple[int, int] | None = None
     air: bool = True

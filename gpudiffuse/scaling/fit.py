@@ -6,7 +6,7 @@ intensity of ASU voxel v under the current model, profiled out in closed form
 component k) / trace(P_kᵀP_k), both traces taken at the starting model.
 
 The joint fit runs optax's L-BFGS (zoom line search) under ``jax.jit`` in float64 and stops
-when the relative change of the loss falls below ``tolerance``. Outlier rounds reject
+when the loss falls by less than ``tolerance`` (relative) per iteration over the last ten. Outlier rounds reject
 |rᵢ| > k·rms (k = 10, then 5), two-sided, and refit. The alternating baseline solves one
 component at a time by weighted linear least squares (how mdx-lib and mdx2 do it).
 """
@@ -182,7 +182,7 @@ def _fit_joint(params, design, ops, lam, intensity, weight, group, n_groups, opt
             updates, state = solver.update(grad, state, p, value=value, grad=grad, value_fn=lambda q: loss(q, data))
             return optax.apply_updates(p, updates), state, value
 
-        history, previous, last_good = [], None, p
+        history, last_good = [], p
         converged = False
         for iteration in range(1, options.max_iterations + 1):
             p_new, state, value = step(p, state, data)
@@ -193,13 +193,20 @@ def _fit_joint(params, design, ops, lam, intensity, weight, group, n_groups, opt
                 break
             history.append(value / norm)
             last_good, p = p, p_new
-            if previous is not None and abs(previous - value) <= options.tolerance * max(abs(value), 1e-300):
+            if _settled(history, options.tolerance):
                 converged = True
                 break
-            previous = value
         out = jax.tree_util.tree_map(lambda x: np.asarray(x, dtype=np.float64), p)
     return ScaleParams(BScale(out.b.values), COffset(out.c.values), ASurface(out.a.values), DRegions(out.d.values)), \
         history, iteration, converged
+
+
+def _settled(history, tolerance, window: int = 10) -> bool:
+    """Converged when the loss fell by less than ``tolerance`` (relative) per iteration, on average
+    over the last ``window`` iterations."""
+    if len(history) <= window:
+        return False
+    return history[-window - 1] - history[-1] <= window * tolerance * abs(history[-1])
 
 
 def _sparse(index, weights, factor, n_cols):
@@ -222,7 +229,7 @@ def _solve(x, y, weight, penalty, free=None):
 def _fit_alternating(params, design, ops, lam, intensity, weight, group, n_groups, options):
     """One component at a time by weighted linear least squares, then Î, until χ² settles."""
     b, c, a, d = (np.array(v, dtype=np.float64) for v in effective(params, design))
-    history, converged, previous = [], False, None
+    history, converged = [], False
     pen = {"b": lam["b"] * ops["b"].T @ ops["b"],
            "c": lam["c"] * ops["c"].T @ ops["c"] + lam["c_ridge"] * np.eye(design.n_c),
            "a": lam["a"] * ops["a"].T @ ops["a"], "d": lam["d"] * np.eye(design.n_regions)}
@@ -253,10 +260,9 @@ def _fit_alternating(params, design, ops, lam, intensity, weight, group, n_group
         p = ScaleParams(BScale(b), COffset(c), ASurface(a), DRegions(d))
         value = float(_data_chi2(p, design, intensity, weight, group, n_groups)[0] + _penalty(p, design, ops, lam))
         history.append(value)
-        if previous is not None and abs(previous - value) <= max(options.tolerance, 1e-9) * abs(value):
+        if _settled(history, options.tolerance):
             converged = True
             break
-        previous = value
     return ScaleParams(BScale(b), COffset(c), ASurface(a), DRegions(d)), history, iteration, converged
 
 

@@ -81,7 +81,7 @@ class ScaleOptions:
     d_to_one: float = 1e-5
     outlier_rounds: tuple[float, ...] = (10.0, 5.0)
     max_iterations: int = 300
-    tolerance: float = 1e-8
+    tolerance: float = 1e-7
     method: str = "joint"
 
     def __post_init__(self):
