@@ -501,7 +501,8 @@ def compare_with_truth(merged: dict, model: SimulatedModel, ndiv, n_shells: int 
     centres = np.column_stack([merged["h"], merged["k"], merged["l"]])
     truth = voxel_truth(model, centres, ndiv)
     s = merged["s"]
-    edges = np.cbrt(np.linspace(s.min() ** 3, s.max() ** 3 * (1 + 1e-9), n_shells + 1))
+    smin = s[s > 0].min() if np.any(s > 0) else 0.0
+    edges = np.cbrt(np.linspace(smin**3, s.max() ** 3 * (1 + 1e-9), n_shells + 1))
     shell = np.clip(np.searchsorted(edges, s, side="right") - 1, 0, n_shells - 1)
     rows = []
     for i in range(n_shells):

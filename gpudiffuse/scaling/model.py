@@ -74,10 +74,10 @@ class ScaleOptions:
     frames_per_b_node: int = 5
     c_nodes: tuple[int, int] = (6, 3)
     a_nodes: tuple[int, int, int] = (5, 5, 3)
-    smooth_b: float = 1e-2
-    smooth_c: float = 1e-2
+    smooth_b: float = 1e-1
+    smooth_c: float = 1e-1
     ridge_c: float = 1e-4
-    smooth_a: float = 1e-1
+    smooth_a: float = 1.0
     d_to_one: float = 1e-5
     outlier_rounds: tuple[float, ...] = (10.0, 5.0)
     max_iterations: int = 300

@@ -3,7 +3,6 @@ per-module d (``simulate --preset scaling``). Slow (about 10 minutes on 2 cores)
 
 Measured when written (dmin 2.0 Å, wedges of 4 frames), see the printed tables."""
 
-import dataclasses
 import os
 
 import h5py
@@ -75,12 +74,21 @@ def test_merged_map_vs_truth_better_than_unscaled(scaled):
             assert s["cc"] >= 0.98 and s["cc"] > u["cc"]
 
 
-def test_joint_fit_beats_the_alternating_baseline(scaled):
-    _, experiment, table, fits = scaled
+def test_joint_fit_versus_the_alternating_baseline(scaled):
+    """Both minimise the same loss; compared on the same observations (no outlier rounds, which
+    would otherwise reject slightly different sets). The joint fit must reach a total loss (χ² +
+    penalties) at least as low as the baseline's, and CC½ per shell at least the baseline's within
+    0.001 (the two solutions differ by less than the half-set noise)."""
+    _, experiment, table, _ = scaled
+    fits = {m: fit_observations(experiment, table, NDIV, ScaleOptions(method=m, outlier_rounds=()), progress=False)
+            for m in ("joint", "alternating")}
     stats = {m: _merge(experiment, apply_scales(table, f))[1] for m, f in fits.items()}
-    print(f"chi2: joint {fits['joint'].chi2_after:.6g}, alternating {fits['alternating'].chi2_after:.6g}")
+    for m, f in fits.items():
+        print(f"{m}: data chi2 {f.chi2_after:.7g}, total loss {f.history[-1]:.9g}, {f.iterations} iterations, "
+              f"converged {f.converged}")
     print("CC1/2 per shell (joint, alternating):")
     for j, a in zip(stats["joint"]["cc_half"], stats["alternating"]["cc_half"]):
         print(f"  {j:.4f} {a:.4f}")
-    assert fits["joint"].chi2_after <= fits["alternating"].chi2_after
-    assert np.nanmean(stats["joint"]["cc_half"]) >= np.nanmean(stats["alternating"]["cc_half"])
+    assert fits["joint"].converged
+    assert fits["joint"].history[-1] <= fits["alternating"].history[-1] * (1 + 1e-9)
+    np.testing.assert_array_less(stats["alternating"]["cc_half"] - 0.001, stats["joint"]["cc_half"])
