@@ -13,6 +13,7 @@ component at a time by weighted linear least squares (how mdx-lib and mdx2 do it
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
@@ -162,13 +163,15 @@ def _fit_joint(params, design, ops, lam, intensity, weight, group, n_groups, opt
     import optax  # noqa: PLC0415
 
     with jax.enable_x64(True):
-        data = (jnp.asarray(intensity), jnp.asarray(weight), jnp.asarray(group))
-
+        # per-observation arrays travel as jit arguments, not as constants captured in the trace
+        per_row = ("ib", "wb", "ic", "wc", "ia", "wa", "region")
+        data = (jnp.asarray(intensity), jnp.asarray(weight), jnp.asarray(group),
+                {k: jnp.asarray(getattr(design, k)) for k in per_row})
         norm = 1.0 / max(float(np.sum(weight > 0)), 1.0)  # per-observation loss keeps L-BFGS's numbers O(1)
 
         def loss(p, data):
-            i, w, g = data
-            chi2, _ = _data_chi2(p, design, i, w, g, n_groups, jnp)
+            i, w, g, rows = data
+            chi2, _ = _data_chi2(p, dataclasses.replace(design, **rows), i, w, g, n_groups, jnp)
             return (chi2 + _penalty(p, design, ops, lam, jnp)) * norm
 
         solver = optax.lbfgs()

@@ -143,7 +143,7 @@ def build_design(table: dict, batches, n_frames: dict, options: ScaleOptions, im
     frame = np.asarray(table["frame"], dtype=np.float64)
     zmax = np.array([n_frames[b] - 1 for b in sorted(batch_ids)], dtype=np.float64)[batch]
     i0, i1, w0, w1 = _hat(frame / np.maximum(zmax, 1), 0.0, 1.0, n_bz)
-    ib = np.stack([batch * n_bz + i0, batch * n_bz + i1], 1)
+    ib = np.stack([batch * n_bz + i0, batch * n_bz + i1], 1).astype(np.int32)
     wb = np.stack([w0, w1], 1)
 
     ns, nzc = options.c_nodes
@@ -151,7 +151,7 @@ def build_design(table: dict, batches, n_frames: dict, options: ScaleOptions, im
     smin, smax = (float(s.min()), float(s.max())) if s_range is None else s_range
     s0, s1, ws0, ws1 = _hat(s, smin, smax, ns)
     z0, z1, wz0, wz1 = _hat(frame / np.maximum(zmax, 1), 0.0, 1.0, nzc)
-    ic = np.stack([(batch * ns + si) * nzc + zi for si in (s0, s1) for zi in (z0, z1)], 1)
+    ic = np.stack([(batch * ns + si) * nzc + zi for si in (s0, s1) for zi in (z0, z1)], 1).astype(np.int32)
     wc = np.stack([ws * wz for ws in (ws0, ws1) for wz in (wz0, wz1)], 1)
 
     nx, ny, nza = options.a_nodes
@@ -160,7 +160,7 @@ def build_design(table: dict, batches, n_frames: dict, options: ScaleOptions, im
     y0, y1, wy0, wy1 = _hat(np.asarray(table["iy"], float), 0.0, slow - 1.0, ny)
     za0, za1, wza0, wza1 = _hat(frame / np.maximum(zmax, 1), 0.0, 1.0, nza)
     ia = np.stack([((batch * nx + xi) * ny + yi) * nza + zi for xi in (x0, x1) for yi in (y0, y1)
-                   for zi in (za0, za1)], 1)
+                   for zi in (za0, za1)], 1).astype(np.int32)
     wa = np.stack([wx * wy * wz for wx in (wx0, wx1) for wy in (wy0, wy1) for wz in (wza0, wza1)], 1)
     # a normalisation groups: (batch, z node)
     grid_b, grid_x, grid_y, grid_z = np.meshgrid(np.arange(nb_batches), np.arange(nx), np.arange(ny), np.arange(nza),
@@ -176,7 +176,7 @@ def build_design(table: dict, batches, n_frames: dict, options: ScaleOptions, im
         region, n_regions = np.zeros(len(s), np.int64), 1
     c_free = np.ones((nb_batches, ns, nzc), bool)
     c_free[0, 0, 0] = False  # one pinned node fixes the constant shared by c and Î
-    return Design(ib, wb, ic, wc, ia, wa, region.astype(np.int64), nb_batches * n_bz, nb_batches * ns * nzc,
+    return Design(ib, wb, ic, wc, ia, wa, region.astype(np.int32), nb_batches * n_bz, nb_batches * ns * nzc,
                   nb_batches * nx * ny * nza, n_regions, a_group, nb_batches * nza, c_free.ravel(),
                   (nb_batches, n_bz), (nb_batches, ns, nzc), (nb_batches, nx, ny, nza),
                   {"s": (smin, smax), "image_size": tuple(image_size), "batches": sorted(batch_ids),
