@@ -20,7 +20,7 @@ from .experiment import Experiment, ImportParameters, import_experiment, read_ex
 from .geometry.vectors import edge_resolution
 from .grid import VoxelGrid
 from .integrate import IntegrationParameters, integrate_sweep, prepare_pixels
-from .io.nexus import atomic_nexus, step_is_complete, write_provenance
+from .io.nexus import atomic_nexus, read_parameters, step_is_complete, write_provenance
 from .masking.peaks import PeakModel, PeakParameters, ThresholdProfile, absent_table, find_peaks
 from .merge import MergeParameters, check_grid_symmetry, expand_to_grid, merge
 from .scaling.fit import apply_scales
@@ -137,8 +137,8 @@ def process(params: ProcessParameters, out: str, overwrite: bool = False, progre
     else:
         tables = _read_integrate(path)
 
-    # 4. scaling
-    observations = tables["observations"]
+    # 4. scaling (after subtracting the background run, if any)
+    observations = _subtract_background(tables["observations"])
     scale_fit = None
     if params.scale == "model":
         path = _step_path(out, "scale")
@@ -150,15 +150,13 @@ def process(params: ProcessParameters, out: str, overwrite: bool = False, progre
             scale_fit = read_scale(path, experiment, observations, params.integration.ndiv)
         observations = apply_scales(observations, scale_fit)
         if tables["excluded"]:
-            tables["excluded"] = apply_scales_to_other(experiment, tables["excluded"], scale_fit,
-                                                       params.integration.ndiv, params.scaling)
+            tables["excluded"] = apply_scales_to_other(experiment, _subtract_background(tables["excluded"]),
+                                                       scale_fit, params.integration.ndiv, params.scaling)
 
     # 5. merge
     crystal = experiment.sweeps[0].crystal
     metric = crystal.A.T @ crystal.A
-    value, sigma = _value_columns(observations)
-    merged, stats, rejected = merge(observations, space_group, params.integration.ndiv, metric,
-                                    params.merging, value=value, sigma=sigma)
+    merged, stats, rejected = merge(observations, space_group, params.integration.ndiv, metric, params.merging)
     if not len(merged["intensity"]):
         raise GridError("no voxel was observed: check --dmin, the mask and the frame range")
     bragg = None
@@ -255,7 +253,7 @@ def read_scale(path, experiment, table, ndiv):
     from .scaling.fit import ScaleFit  # noqa: PLC0415
     from .scaling.model import ASurface, BScale, COffset, DRegions, ScaleParams  # noqa: PLC0415
 
-    params = read_parameters_of(path)
+    params = read_parameters(path)
     options = ScaleOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in params["scaling"].items()})
     with h5py.File(path, "r") as handle:
         s_range = tuple(handle["entry/model"].attrs["s_range"])
@@ -269,18 +267,14 @@ def read_scale(path, experiment, table, ndiv):
     return fit
 
 
-def read_parameters_of(path):
-    from .io.nexus import read_parameters  # noqa: PLC0415
-
-    return read_parameters(path)
-
-
-def _value_columns(table):
-    if "background_rate" in table:
-        table["rate_minus_background"] = table["rate"] - table["background_rate"]
-        table["sigma_with_background"] = np.hypot(table["sigma"], table["background_sigma"])
-        return "rate_minus_background", "sigma_with_background"
-    return "rate", "sigma"
+def _subtract_background(table):
+    """rate − background rate and σ² + σ_bkg² when a background run was integrated (copy)."""
+    if not table or "background_rate" not in table:
+        return table
+    out = dict(table)
+    out["rate"] = table["rate"] - table["background_rate"]
+    out["sigma"] = np.hypot(table["sigma"], table["background_sigma"])
+    return out
 
 
 def _write_merged_group(entry, name, merged, crystal, ndiv):

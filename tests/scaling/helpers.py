@@ -10,7 +10,9 @@ PROBLEMS = {
     "three_batches_noisier": dict(n_obs=40_000, n_batches=3, n_frames=40, seed=4, noise=0.04),
 }
 
-OPTIONS = ScaleOptions(frames_per_b_node=10, c_nodes=(4, 2), a_nodes=(4, 4, 2), max_iterations=300)
+# b of these problems has a sin(3z) component: lighter smoothing than the image-level defaults
+OPTIONS = ScaleOptions(frames_per_b_node=10, c_nodes=(4, 2), a_nodes=(4, 4, 2), max_iterations=300,
+                       smooth_b=1e-2, smooth_c=1e-2, smooth_a=1e-1)
 
 
 def problem(name):
