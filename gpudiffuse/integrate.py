@@ -24,6 +24,7 @@ from .errors import GridError, ImageError, MaskError
 from .geometry.vectors import s_vectors_from_positions
 from .grid import VoxelGrid
 from .io.frames import FrameSource
+from .observations import concat_rows
 
 __all__ = ["INT_FIELDS", "FLOAT_FIELDS", "IntegrationParameters", "VoxelAccumulator", "PixelTable",
            "prepare_pixels", "integrate_sweep", "profile_edges", "PROFILE_BINS"]
@@ -243,8 +244,5 @@ def integrate_sweep(sweep, pixels: PixelTable, grid: VoxelGrid, peak_model, abse
     if current_wedge is not None:
         flush(current_wedge)
 
-    def concat(rows):
-        return {k: np.concatenate([r[k] for r in rows]) for k in rows[0]} if rows else {}
-
     profile = {"edges": edges, "counts": profile_counts, "kt": profile_kt, "frames": frames}
-    return concat(rows_d), concat(rows_x), profile, zingers
+    return concat_rows(rows_d), concat_rows(rows_x), profile, zingers

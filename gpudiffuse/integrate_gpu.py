@@ -18,6 +18,7 @@ import numpy as np
 from .backend import load_module
 from .errors import DeviceError
 from .integrate import INT_FIELDS, _frame_list, profile_edges
+from .observations import concat_rows
 
 __all__ = ["integrate_sweep_gpu"]
 
@@ -178,11 +179,8 @@ def integrate_sweep_gpu(sweep, pixels, grid, peak_model, absent, params, backend
         flush(current_wedge)
     logger.info("GPU memory in use: %.1f MiB", cp.get_default_memory_pool().used_bytes() / 2**20)
 
-    def concat(rows):
-        return {k: np.concatenate([r[k] for r in rows]) for k in rows[0]} if rows else {}
-
     profile = {"edges": edges, "counts": profile_counts, "kt": profile_kt, "frames": frames}
-    return concat(rows_d), concat(rows_x), profile, int(zingers.get()[0])
+    return concat_rows(rows_d), concat_rows(rows_x), profile, int(zingers.get()[0])
 
 
 def _take(source, n):
