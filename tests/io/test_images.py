@@ -76,3 +76,22 @@ def test_eiger_hdf5_with_bitshuffle(tmp_path):
     np.testing.assert_array_equal(read_image(str(master), 2), stack[2])
     with pytest.raises(ImageError, match="has no frame 9"):
         read_image(str(master), 9)
+
+
+def test_frame_source_rejects_nan_and_wrong_size(tiny_dataset, tmp_path):
+    from dataclasses import replace
+
+    sweep = load_xds(str(tiny_dataset))[0]
+    stack = np.ones((sweep.scan.num_frames, 195, 487), np.float32)
+    stack[3, 10, 10] = np.nan
+    path = tmp_path / "float_master.h5"
+    with h5py.File(path, "w") as f:
+        f["entry/data/data_000001"] = stack
+    n = sweep.scan.num_frames
+    h5_sweep = replace(sweep, images=(str(path),) * n, image_indices=tuple(range(n)))
+    with pytest.raises(ImageError, match="float_master.h5 contains NaN"):
+        list(FrameSource(h5_sweep, chunk_size=4))
+    with h5py.File(path, "w") as f:
+        f["entry/data/data_000001"] = np.ones((n, 100, 487), np.int32)
+    with pytest.raises(ImageError, match="is 487x100 pixels but the geometry says 487x195"):
+        list(FrameSource(h5_sweep, chunk_size=4))
