@@ -98,14 +98,17 @@ def main(argv=None):
         t_host_frames = time.perf_counter() - t0
     finally:
         frames_module.FrameSource = saved
-    bytes_per_pixel_frame = 4 + 8 * 3 / 1.0  # raw count read + (counts, pixels, frame) atomics dominate
+    # bytes touched per pixel-frame by the accumulate pass, counted from integrate.cu: the raw int32
+    # count and pixel index, the per-pixel constants (s: 3 doubles; k, d3s, ix, iy, |s|, threshold:
+    # 6 doubles) and 8 eight-byte atomics (3 integer, 5 float); an upper bound, caches ignored
+    bytes_per_pixel_frame = 4 + 8 + 3 * 8 + 6 * 8 + 8 * 8
     result = {
         **provenance("gpu_stream", backend.name), "frames": args.frames, "chunk": args.chunk, "ndiv": args.ndiv,
         "pixels_per_frame": n_pix,
         "in_memory_frames_per_s": round(args.frames / t_host_frames, 1),
         "hbm_copy_GBps": round(_bandwidth(cp, 1 << 30), 1),
         "pcie_pinned_h2d_GBps": round(_bandwidth(cp, 1 << 28, host=True), 1),
-        "bytes_per_pixel_frame_estimate": bytes_per_pixel_frame,
+        "bytes_per_pixel_frame_upper_bound": bytes_per_pixel_frame,
     }
     if args.cbf_data:
         from gpudiffuse.experiment import ImportParameters

@@ -271,6 +271,5 @@ def mate_agreement(table: dict, space_group, ndiv, A_metric, n_shells: int = 10,
         if sel.sum() >= 3:
             out["mean_I"][i] = 0.5 * (values[first[sel]].mean() + values[last[sel]].mean())
             out["cc"][i] = np.corrcoef(aniso[first[sel]], aniso[last[sel]])[0, 1]
-    sel = np.ones(len(first), bool)
     out["overall_cc"] = float(np.corrcoef(aniso[first], aniso[last])[0, 1]) if len(first) > 2 else float("nan")
     return out

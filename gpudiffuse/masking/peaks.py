@@ -109,10 +109,10 @@ class PeakModel:
         return np.sqrt(np.linalg.eigvalsh(self.covariance))
 
     def distance2(self, delta):
-        """Squared Mahalanobis distance of δ (…, 3) from r₀ (NumPy or CuPy arrays)."""
+        """Squared Mahalanobis distance of δ (…, 3) from r₀ (NumPy; the CUDA engine has its own in
+        ``kernels/gd_geometry.cuh``)."""
         r = delta - self.offset
-        inv = self.inverse_covariance
-        return (r @ inv * r).sum(axis=-1) if isinstance(r, np.ndarray) else ((r @ type(r)(inv)) * r).sum(axis=-1)
+        return (r @ self.inverse_covariance * r).sum(axis=-1)
 
 
 def fit_peak_cloud(delta: np.ndarray, sigma_cutoff: float = 3.0, iterations: int = 30) -> PeakModel:
