@@ -243,7 +243,7 @@ def write_scale(path, fit, parameters, backend):
         g["b"].attrs["shape"], g["c"].attrs["shape"], g["a"].attrs["shape"] = (
             fit.design.shape_b, fit.design.shape_c, fit.design.shape_a)
         g["loss_history"] = np.asarray(fit.history, dtype=np.float64)
-        for key in ("chi2_before", "chi2_after", "iterations", "converged", "rejected", "method"):
+        for key in ("chi2_before", "chi2_after", "penalty_after", "iterations", "converged", "rejected", "method"):
             g.attrs[key] = getattr(fit, key)
         g.attrs["penalty_weights"] = json.dumps(fit.weights)
         g.attrs["s_range"] = np.asarray(fit.design.ranges["s"], dtype=np.float64)
@@ -262,7 +262,8 @@ def read_scale(path, experiment, table, ndiv):
         g = handle["entry/model"]
         values = ScaleParams(BScale(g["b"][()]), COffset(g["c"][()]), ASurface(g["a"][()]), DRegions(g["d"][()]))
         fit = ScaleFit(values, design, json.loads(g.attrs["penalty_weights"]), list(g["loss_history"][()]),
-                       float(g.attrs["chi2_before"]), float(g.attrs["chi2_after"]), int(g.attrs["iterations"]),
+                       float(g.attrs["chi2_before"]), float(g.attrs["chi2_after"]),
+                       float(g.attrs.get("penalty_after", np.nan)), int(g.attrs["iterations"]),
                        bool(g.attrs["converged"]), int(g.attrs["rejected"]), str(g.attrs["method"]))
     return fit
 

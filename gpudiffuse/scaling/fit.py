@@ -31,7 +31,9 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ScaleFit:
-    """Result of a scaling fit."""
+    """Result of a scaling fit. ``chi2_after`` and ``penalty_after`` are the two parts of the loss
+    minimised (dimensionless), for the final model on the observations kept by the outlier rounds;
+    ``history`` is the total loss at the start of each iteration."""
 
     params: ScaleParams
     design: Design
@@ -39,6 +41,7 @@ class ScaleFit:
     history: list = field(default_factory=list)
     chi2_before: float = float("nan")
     chi2_after: float = float("nan")
+    penalty_after: float = float("nan")
     iterations: int = 0
     converged: bool = False
     rejected: int = 0
@@ -96,19 +99,45 @@ def _data_chi2(params, design, intensity, weight, group, n_groups, xp=np):
     return xp.sum(weight * r * r), r
 
 
-def _relative_weights(design, ops, options, intensity, weight, group, n_groups):
+def _data_curvature(design, intensity, weight, group, n_groups) -> ScaleParams:
+    """Diagonal of the data term's Gauss-Newton matrix per control point at the starting model
+    (a = b = d = 1, c = 0): Σ w (∂model/∂v)², with Î the unscaled weighted mean."""
     merged = _merged(intensity, weight, group, n_groups, np.ones_like(intensity), np.zeros_like(intensity))
-    i2 = merged[group] ** 2
-    traces = {"b": np.sum(weight * i2 * (design.wb**2).sum(1)), "c": np.sum(weight * (design.wc**2).sum(1)),
-              "a": np.sum(weight * i2 * (design.wa**2).sum(1)), "d": np.sum(weight * i2)}
+    wi2 = weight * merged[group] ** 2
 
+    def per_node(index, interp, row_weight, n):
+        return np.bincount(index.ravel(), weights=(row_weight[:, None] * interp**2).ravel(), minlength=n)
+
+    return ScaleParams(BScale(per_node(design.ib, design.wb, wi2, design.n_b)),
+                       COffset(per_node(design.ic, design.wc, weight, design.n_c)),
+                       ASurface(per_node(design.ia, design.wa, wi2, design.n_a)),
+                       DRegions(np.bincount(design.region, weights=wi2, minlength=design.n_regions)))
+
+
+def _relative_weights(design, ops, options, curvature: ScaleParams):
     def lam(mult, data_trace, op):
         norm = np.sum(op**2)
         return float(mult * data_trace / norm) if norm > 0 else 0.0
 
+    traces = {k: float(np.sum(getattr(curvature, k).values)) for k in ("b", "c", "a", "d")}
     return {"b": lam(options.smooth_b, traces["b"], ops["b"]), "c": lam(options.smooth_c, traces["c"], ops["c"]),
             "c_ridge": lam(options.ridge_c, traces["c"], ops["c_ridge"]),
             "a": lam(options.smooth_a, traces["a"], ops["a"]), "d": lam(options.d_to_one, traces["d"], ops["d"])}
+
+
+def _preconditioner(curvature: ScaleParams, ops, lam) -> ScaleParams:
+    """1/√(diagonal curvature) per control point, data term plus penalties: the joint fit works in
+    units in which every parameter has curvature ≈ 1, which L-BFGS's scalar initial Hessian assumes."""
+    penalty = {"b": lam["b"] * np.sum(ops["b"] ** 2, axis=0),
+               "c": lam["c"] * np.sum(ops["c"] ** 2, axis=0) + lam["c_ridge"],
+               "a": lam["a"] * np.sum(ops["a"] ** 2, axis=0), "d": lam["d"] * np.ones_like(curvature.d.values)}
+    scale = {}
+    for k in ("b", "c", "a", "d"):
+        diag = getattr(curvature, k).values + penalty[k]
+        positive = diag[diag > 0]
+        floor = positive.min() if positive.size else 1.0
+        scale[k] = 1.0 / np.sqrt(np.maximum(diag, floor))
+    return ScaleParams(BScale(scale["b"]), COffset(scale["c"]), ASurface(scale["a"]), DRegions(scale["d"]))
 
 
 def fit_scales(table: dict, groups: np.ndarray, design: Design, options: ScaleOptions = ScaleOptions(),
@@ -127,7 +156,9 @@ def fit_scales(table: dict, groups: np.ndarray, design: Design, options: ScaleOp
     _, group = np.unique(groups, return_inverse=True)
     n_groups = int(group.max()) + 1
     ops = penalty_operators(design)
-    lam = _relative_weights(design, ops, options, intensity, weight, group, n_groups)
+    curvature = _data_curvature(design, intensity, weight, group, n_groups)
+    lam = _relative_weights(design, ops, options, curvature)
+    preconditioner = _preconditioner(curvature, ops, lam)
     params = initial_params(design)
     chi2_before = float(_data_chi2(params, design, intensity, weight, group, n_groups)[0])
     solver = _fit_joint if options.method == "joint" else _fit_alternating
@@ -142,7 +173,8 @@ def fit_scales(table: dict, groups: np.ndarray, design: Design, options: ScaleOp
             rejected += int(bad.sum())
             keep &= ~bad
             logger.info("scaling: outlier round k=%g rejected %d observations", k, int(bad.sum()))
-        params, hist, its, ok = solver(params, design, ops, lam, intensity, weight * keep, group, n_groups, options)
+        params, hist, its, ok = solver(params, design, ops, lam, intensity, weight * keep, group, n_groups, options,
+                                       preconditioner)
         history += hist
         iterations += its
         converged = converged and ok
@@ -152,12 +184,13 @@ def fit_scales(table: dict, groups: np.ndarray, design: Design, options: ScaleOp
         logger.warning("the %s scaling fit did not converge within %d iterations; keeping the last good model",
                        options.method, options.max_iterations)
     chi2_after = float(_data_chi2(params, design, intensity, weight * keep, group, n_groups)[0])
+    penalty_after = float(_penalty(params, design, ops, lam))
     params = params._replace(c=COffset(params.c.values * unit))
-    return ScaleFit(params, design, lam, history, chi2_before, chi2_after, iterations, converged, rejected,
-                    options.method)
+    return ScaleFit(params, design, lam, history, chi2_before, chi2_after, penalty_after, iterations, converged,
+                    rejected, options.method)
 
 
-def _fit_joint(params, design, ops, lam, intensity, weight, group, n_groups, options):
+def _fit_joint(params, design, ops, lam, intensity, weight, group, n_groups, options, preconditioner):
     import jax  # noqa: PLC0415
     import jax.numpy as jnp  # noqa: PLC0415
     import optax  # noqa: PLC0415
@@ -169,36 +202,39 @@ def _fit_joint(params, design, ops, lam, intensity, weight, group, n_groups, opt
                 {k: jnp.asarray(getattr(design, k)) for k in per_row})
         norm = 1.0 / max(float(np.sum(weight > 0)), 1.0)  # per-observation loss keeps L-BFGS's numbers O(1)
 
-        def loss(p, data):
+        # optimise u = θ / scale: unit diagonal curvature of the per-observation loss in u
+        scale = jax.tree_util.tree_map(lambda x: jnp.asarray(x / np.sqrt(norm)), preconditioner)
+
+        def loss(u, data):
             i, w, g, rows = data
+            p = jax.tree_util.tree_map(jnp.multiply, u, scale)
             chi2, _ = _data_chi2(p, dataclasses.replace(design, **rows), i, w, g, n_groups, jnp)
             return (chi2 + _penalty(p, design, ops, lam, jnp)) * norm
 
         solver = optax.lbfgs()
-        p = jax.tree_util.tree_map(jnp.asarray, params)
-        state = solver.init(p)
+        u = jax.tree_util.tree_map(lambda x, s: jnp.asarray(x) / s, params, scale)
+        state = solver.init(u)
 
         @jax.jit
-        def step(p, state, data):
+        def step(u, state, data):
             value_and_grad = optax.value_and_grad_from_state(lambda q: loss(q, data))
-            value, grad = value_and_grad(p, state=state)
-            updates, state = solver.update(grad, state, p, value=value, grad=grad, value_fn=lambda q: loss(q, data))
-            return optax.apply_updates(p, updates), state, value
+            value, grad = value_and_grad(u, state=state)
+            updates, state = solver.update(grad, state, u, value=value, grad=grad, value_fn=lambda q: loss(q, data))
+            return optax.apply_updates(u, updates), state, value
 
-        history, last_good = [], p
-        converged = False
+        history, converged = [], False
         for iteration in range(1, options.max_iterations + 1):
-            p_new, state, value = step(p, state, data)
-            value = float(value)
-            if not np.isfinite(value) or not all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree_util.tree_leaves(p_new)):
+            u_new, state, value = step(u, state, data)
+            value = float(value)  # the loss at u, before this step
+            if not np.isfinite(value) or not all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree_util.tree_leaves(u_new)):
                 logger.warning("scaling: non-finite loss at iteration %d; keeping the last good model", iteration)
-                p = last_good
                 break
             history.append(value / norm)
-            last_good, p = p, p_new
+            u = u_new
             if _settled(history, options.tolerance):
                 converged = True
                 break
+        p = jax.tree_util.tree_map(jnp.multiply, u, scale)
         out = jax.tree_util.tree_map(lambda x: np.asarray(x, dtype=np.float64), p)
     return ScaleParams(BScale(out.b.values), COffset(out.c.values), ASurface(out.a.values), DRegions(out.d.values)), \
         history, iteration, converged
@@ -229,7 +265,7 @@ def _solve(x, y, weight, penalty, free=None):
     return v
 
 
-def _fit_alternating(params, design, ops, lam, intensity, weight, group, n_groups, options):
+def _fit_alternating(params, design, ops, lam, intensity, weight, group, n_groups, options, preconditioner=None):
     """One component at a time by weighted linear least squares, then Î, until χ² settles."""
     b, c, a, d = (np.array(v, dtype=np.float64) for v in effective(params, design))
     history, converged = [], False

@@ -9,8 +9,8 @@ Every component is a set of control points with linear (hat-function) interpolat
 
 Degeneracies are removed in the parametrisation: the model uses *effective* values
 b/mean(b) (overall scale), a divided by its mean over the detector plane at each (batch, z)
-node (a carries no per-frame scale, that is b's job), d/mean(d), and c is zero at the
-lowest-|s| control points (the constant shared by c and I). The loss is therefore
+node (a carries no per-frame scale, that is b's job), d/mean(d), and c is zero at one control
+point (batch 0, lowest |s|, first frame node), which fixes the constant shared by c and I. The loss is therefore
 unchanged along the redundant directions of the raw parameters.
 
 Observation coordinates are precomputed into interpolation indices and weights
