@@ -127,14 +127,17 @@ def _add_scaling(p):
                    help="control points of c along |s| and frame (default 6 3)")
     s.add_argument("--a-nodes", type=int, nargs=3, default=[5, 5, 3], metavar=("NX", "NY", "NZ"),
                    help="control points of a over the detector and frame (default 5 5 3)")
-    s.add_argument("--scale-iterations", type=int, default=300, help="iterations per fit round (default 300)")
+    s.add_argument("--scale-iterations", type=int, default=500, help="iterations per fit round (default 500)")
+    s.add_argument("--pin-c", action="store_true",
+                   help="fix the offset shared by c and the merged intensities by pinning one node of c instead of "
+                        "removing c's frame-independent part (use when b changes faster than c's frame nodes follow)")
 
 
 def _scale_options(args):
     from .scaling import ScaleOptions  # noqa: PLC0415
 
     return ScaleOptions(frames_per_b_node=args.b_frames, c_nodes=tuple(args.c_nodes), a_nodes=tuple(args.a_nodes),
-                        max_iterations=args.scale_iterations, method=args.scale_method)
+                        max_iterations=args.scale_iterations, method=args.scale_method, centre_c=not args.pin_c)
 
 
 def _process_parameters(args):

@@ -87,6 +87,7 @@ def _penalty(params, design, ops, lam, xp=np):
     total = lam["b"] * xp.sum((xp.asarray(ops["b"]) @ b) ** 2)
     total += lam["c"] * xp.sum((xp.asarray(ops["c"]) @ c) ** 2) + lam["c_ridge"] * xp.sum(c**2)
     total += lam["a"] * xp.sum((xp.asarray(ops["a"]) @ a) ** 2)
+    total += lam["a_radial"] * xp.sum((xp.asarray(ops["a_radial"]) @ a) ** 2)
     total += lam["d"] * xp.sum((d - 1.0) ** 2)
     return total
 
@@ -122,7 +123,9 @@ def _relative_weights(design, ops, options, curvature: ScaleParams):
     traces = {k: float(np.sum(getattr(curvature, k).values)) for k in ("b", "c", "a", "d")}
     return {"b": lam(options.smooth_b, traces["b"], ops["b"]), "c": lam(options.smooth_c, traces["c"], ops["c"]),
             "c_ridge": lam(options.ridge_c, traces["c"], ops["c_ridge"]),
-            "a": lam(options.smooth_a, traces["a"], ops["a"]), "d": lam(options.d_to_one, traces["d"], ops["d"])}
+            "a": lam(options.smooth_a, traces["a"], ops["a"]),
+            "a_radial": lam(options.radial_a, traces["a"], ops["a_radial"]),
+            "d": lam(options.d_to_one, traces["d"], ops["d"])}
 
 
 def _preconditioner(curvature: ScaleParams, ops, lam) -> ScaleParams:
@@ -130,7 +133,8 @@ def _preconditioner(curvature: ScaleParams, ops, lam) -> ScaleParams:
     units in which every parameter has curvature ≈ 1, which L-BFGS's scalar initial Hessian assumes."""
     penalty = {"b": lam["b"] * np.sum(ops["b"] ** 2, axis=0),
                "c": lam["c"] * np.sum(ops["c"] ** 2, axis=0) + lam["c_ridge"],
-               "a": lam["a"] * np.sum(ops["a"] ** 2, axis=0), "d": lam["d"] * np.ones_like(curvature.d.values)}
+               "a": lam["a"] * np.sum(ops["a"] ** 2, axis=0) + lam["a_radial"] * np.sum(ops["a_radial"] ** 2, axis=0),
+               "d": lam["d"] * np.ones_like(curvature.d.values)}
     scale = {}
     for k in ("b", "c", "a", "d"):
         diag = getattr(curvature, k).values + penalty[k]
@@ -271,7 +275,8 @@ def _fit_alternating(params, design, ops, lam, intensity, weight, group, n_group
     history, converged = [], False
     pen = {"b": lam["b"] * ops["b"].T @ ops["b"],
            "c": lam["c"] * ops["c"].T @ ops["c"] + lam["c_ridge"] * np.eye(design.n_c),
-           "a": lam["a"] * ops["a"].T @ ops["a"], "d": lam["d"] * np.eye(design.n_regions)}
+           "a": lam["a"] * ops["a"].T @ ops["a"] + lam["a_radial"] * ops["a_radial"].T @ ops["a_radial"],
+           "d": lam["d"] * np.eye(design.n_regions)}
     iteration = 0
     for iteration in range(1, options.max_iterations + 1):
         p = ScaleParams(BScale(b), COffset(c), ASurface(a), DRegions(d))
@@ -285,6 +290,7 @@ def _fit_alternating(params, design, ops, lam, intensity, weight, group, n_group
         # c
         x = _sparse(design.ic, design.wc, ai * di, design.n_c)
         c = _solve(x, intensity - ai * di * bi * merged, weight, pen["c"], design.c_free)
+        c = effective(ScaleParams(BScale(b), COffset(c), ASurface(a), DRegions(d)), design)[1]
         ci = (c[design.ic] * design.wc).sum(1)
         # a
         x = _sparse(design.ia, design.wa, di * (bi * merged + ci), design.n_a)

@@ -9,8 +9,12 @@ Every component is a set of control points with linear (hat-function) interpolat
 
 Degeneracies are removed in the parametrisation: the model uses *effective* values
 b/mean(b) (overall scale), a divided by its mean over the detector plane at each (batch, z)
-node (a carries no per-frame scale, that is b's job), d/mean(d), and c is zero at one control
-point (batch 0, lowest |s|, first frame node), which fixes the constant shared by c and I. The loss is therefore
+node (a carries no per-frame scale, that is b's job), d/mean(d), and c minus its mean over
+batches and frame nodes at each |s| node: an offset c₀(|s|) common to every frame is the same as
+adding c₀ to every Î at that |s| (broken only weakly by b's change), so it is given to Î
+(``centre_c``; with ``centre_c=False`` one node of c is pinned to zero instead, which fixes only
+the constant). The |s|-only part of a, an exact degeneracy with Î's resolution dependence, is
+held at zero by a penalty (:func:`radial_operator`). The loss is therefore
 unchanged along the redundant directions of the raw parameters.
 
 Observation coordinates are precomputed into interpolation indices and weights
@@ -27,7 +31,7 @@ import numpy as np
 from ..errors import GpudiffuseError
 
 __all__ = ["ScaleOptions", "BScale", "COffset", "ASurface", "DRegions", "ScaleParams", "Design", "build_design",
-           "effective", "penalty_operators", "initial_params"]
+           "effective", "penalty_operators", "radial_operator", "initial_params"]
 
 
 class BScale(NamedTuple):
@@ -67,7 +71,8 @@ class ScaleOptions:
 
     frames_per_b_node : spacing of b's control points in frames (per batch, at least 2 nodes).
     c_nodes : (|s| nodes, z nodes) of c. a_nodes : (x, y, z) nodes of a.
-    multipliers : relative weights of the penalties (× trace(data)/trace(penalty)).
+    multipliers : relative weights of the penalties (× trace(data)/trace(penalty)); ``radial_a``
+    weighs the constraint that a has no part depending on |s| alone (see :func:`radial_operator`).
     outlier_rounds : k of the successive two-sided rejections |r| > k·rms.
     """
 
@@ -78,10 +83,12 @@ class ScaleOptions:
     smooth_c: float = 1e-1
     ridge_c: float = 1e-4
     smooth_a: float = 1.0
+    radial_a: float = 10.0
+    centre_c: bool = True
     d_to_one: float = 1e-5
     outlier_rounds: tuple[float, ...] = (10.0, 5.0)
-    max_iterations: int = 300
-    tolerance: float = 1e-7
+    max_iterations: int = 500
+    tolerance: float = 1e-9
     method: str = "joint"
 
     def __post_init__(self):
@@ -108,11 +115,12 @@ class Design:
     n_regions: int
     a_group: np.ndarray      # (n_a,) index of the (batch, z node) normalisation group of each a node
     n_a_groups: int
-    c_free: np.ndarray       # (n_c,) False at the pinned lowest-|s| nodes
+    c_free: np.ndarray       # (n_c,) False at the pinned node (when c is not centred)
     shape_b: tuple
     shape_c: tuple
     shape_a: tuple
     ranges: dict             # coordinate ranges, for applying and saving the model
+    c_centred: bool = False  # c minus its mean over batches and frame nodes at each |s| node
 
 
 def _hat(u, lo, hi, n):
@@ -175,12 +183,13 @@ def build_design(table: dict, batches, n_frames: dict, options: ScaleOptions, im
     else:
         region, n_regions = np.zeros(len(s), np.int64), 1
     c_free = np.ones((nb_batches, ns, nzc), bool)
-    c_free[0, 0, 0] = False  # one pinned node fixes the constant shared by c and Î
+    if not options.centre_c:
+        c_free[0, 0, 0] = False  # one pinned node fixes the constant shared by c and Î
     return Design(ib, wb, ic, wc, ia, wa, region.astype(np.int32), nb_batches * n_bz, nb_batches * ns * nzc,
                   nb_batches * nx * ny * nza, n_regions, a_group, nb_batches * nza, c_free.ravel(),
                   (nb_batches, n_bz), (nb_batches, ns, nzc), (nb_batches, nx, ny, nza),
                   {"s": (smin, smax), "image_size": tuple(image_size), "batches": sorted(batch_ids),
-                   "n_frames": {int(b): int(n_frames[b]) for b in batch_ids}})
+                   "n_frames": {int(b): int(n_frames[b]) for b in batch_ids}}, options.centre_c)
 
 
 def initial_params(design: Design) -> ScaleParams:
@@ -191,7 +200,12 @@ def initial_params(design: Design) -> ScaleParams:
 def effective(params: ScaleParams, design: Design, xp=np):
     """Effective (degeneracy-free) b, c, a, d from raw parameters; ``xp`` is numpy or jax.numpy."""
     b = params.b.values / xp.mean(params.b.values)
-    c = params.c.values * xp.asarray(design.c_free, dtype=params.c.values.dtype)
+    if design.c_centred:
+        # the part of c common to all frames and batches, per |s| node, belongs to Î (see Design)
+        c3 = params.c.values.reshape(design.shape_c)
+        c = (c3 - c3.mean(axis=(0, 2), keepdims=True)).reshape(-1)
+    else:
+        c = params.c.values * xp.asarray(design.c_free, dtype=params.c.values.dtype)
     group = design.a_group
     if xp is np:
         sums = np.bincount(group, weights=params.a.values, minlength=design.n_a_groups)
@@ -240,10 +254,33 @@ def _plane_laplacian(shape):
     return np.array(rows) if rows else np.zeros((0, n))
 
 
+def radial_operator(design: Design) -> np.ndarray:
+    """Rows R with R·a = 0 when a has no |s|-only part.
+
+    |s| of a pixel is the same on every frame, so a(ix, iy) ∝ f(|s(ix, iy)|) shared by all frames
+    and batches rescales every voxel's Î by f(|s|) and leaves the data term unchanged: an exact
+    degeneracy that smoothness alone would leave to chance. Row k is the mean of a over the
+    observations in |s| bin k (c's |s| hat functions, all batches and frames pooled) minus the mean
+    over all observations, so only the resolution *shape* of a is pinned, not its level.
+    """
+    ns, nzc = design.shape_c[1], design.shape_c[2]
+    s_node = (design.ic // nzc) % ns                     # |s| node of each of c's interpolation terms
+    rows = np.repeat(np.arange(len(design.ia)), design.ia.shape[1])
+    hat_s = np.zeros((len(design.ic), ns))
+    np.add.at(hat_s, (np.repeat(np.arange(len(design.ic)), design.ic.shape[1]), s_node.ravel()), design.wc.ravel())
+    import scipy.sparse as sp  # noqa: PLC0415
+
+    interp_a = sp.csr_matrix((design.wa.ravel(), (rows, design.ia.ravel())), shape=(len(design.ia), design.n_a))
+    bin_mean = np.asarray((interp_a.T @ hat_s).T) / np.maximum(hat_s.sum(axis=0), 1e-300)[:, None]
+    overall = np.asarray(interp_a.sum(axis=0)).ravel() / len(design.ia)
+    return bin_mean - overall[None, :]
+
+
 def penalty_operators(design: Design) -> dict:
     """Penalty matrices per component (rows: penalty residuals on the effective values);
     ``d`` is a residual d − 1 handled separately."""
     b_ops = _second_difference(design.shape_b, 1)
     c_ops = np.vstack([_second_difference(design.shape_c, 1), _second_difference(design.shape_c, 2)])
     a_ops = np.vstack([_second_difference(design.shape_a, ax) for ax in (1, 2, 3)] + [_plane_laplacian(design.shape_a)])
-    return {"b": b_ops, "c": c_ops, "c_ridge": np.eye(design.n_c), "a": a_ops, "d": np.eye(design.n_regions)}
+    return {"b": b_ops, "c": c_ops, "c_ridge": np.eye(design.n_c), "a": a_ops, "a_radial": radial_operator(design),
+            "d": np.eye(design.n_regions)}
