@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
+import scipy.sparse as sp
 
 from ..errors import GpudiffuseError
 
@@ -268,8 +269,6 @@ def radial_operator(design: Design) -> np.ndarray:
     rows = np.repeat(np.arange(len(design.ia)), design.ia.shape[1])
     hat_s = np.zeros((len(design.ic), ns))
     np.add.at(hat_s, (np.repeat(np.arange(len(design.ic)), design.ic.shape[1]), s_node.ravel()), design.wc.ravel())
-    import scipy.sparse as sp  # noqa: PLC0415
-
     interp_a = sp.csr_matrix((design.wa.ravel(), (rows, design.ia.ravel())), shape=(len(design.ia), design.n_a))
     bin_mean = np.asarray((interp_a.T @ hat_s).T) / np.maximum(hat_s.sum(axis=0), 1e-300)[:, None]
     overall = np.asarray(interp_a.sum(axis=0)).ravel() / len(design.ia)
