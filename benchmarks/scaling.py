@@ -1,6 +1,6 @@
 """Scaling-fit time and peak memory on synthetic observation tables (no images).
 
-    python benchmarks/scaling.py --rows 1000000 --iterations 300 --out benchmarks/results/scaling_1e6_cpu.json
+    python benchmarks/scaling.py --rows 1000000 --iterations 500 --out benchmarks/results/scaling_1e6_cpu.json
     python benchmarks/scaling.py --rows 10000000 --iterations 30 --out benchmarks/results/scaling_1e7_cpu.json
 
 The table comes from ``gpudiffuse.simulate.simulate_observation_table`` (two batches, known
@@ -22,7 +22,7 @@ from _results import provenance, write_result
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--iterations", type=int, default=300)
+    parser.add_argument("--iterations", type=int, default=500)
     parser.add_argument("--method", default="joint", choices=["joint", "alternating"])
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
