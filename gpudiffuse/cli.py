@@ -123,10 +123,13 @@ def _add_scaling(p):
                    help="joint: all components at once with optax L-BFGS (default); alternating: one component "
                         "at a time by linear least squares (the mdx-lib/mdx2 baseline)")
     s.add_argument("--b-frames", type=int, default=5, help="frames between control points of b (default 5)")
-    s.add_argument("--c-nodes", type=int, nargs=2, default=[6, 3], metavar=("NS", "NZ"),
-                   help="control points of c along |s| and frame (default 6 3)")
-    s.add_argument("--a-nodes", type=int, nargs=3, default=[5, 5, 3], metavar=("NX", "NY", "NZ"),
-                   help="control points of a over the detector and frame (default 5 5 3)")
+    s.add_argument("--c-nodes", type=int, default=6, metavar="NS", help="control points of c along |s| (default 6)")
+    s.add_argument("--c-frames", type=int, default=20,
+                   help="frames between control points of c, over the longest sweep (default 20)")
+    s.add_argument("--a-nodes", type=int, nargs=2, default=[5, 5], metavar=("NX", "NY"),
+                   help="control points of a across the detector (default 5 5)")
+    s.add_argument("--a-frames", type=int, default=20,
+                   help="frames between control points of a, over the longest sweep (default 20)")
     s.add_argument("--scale-iterations", type=int, default=500, help="iterations per fit round (default 500)")
     s.add_argument("--pin-c", action="store_true",
                    help="fix the offset shared by c and the merged intensities by pinning one node of c instead of "
@@ -136,7 +139,8 @@ def _add_scaling(p):
 def _scale_options(args):
     from .scaling import ScaleOptions  # noqa: PLC0415
 
-    return ScaleOptions(frames_per_b_node=args.b_frames, c_nodes=tuple(args.c_nodes), a_nodes=tuple(args.a_nodes),
+    return ScaleOptions(frames_per_b_node=args.b_frames, c_nodes=(args.c_nodes, None), frames_per_c_node=args.c_frames,
+                        a_nodes=(*args.a_nodes, None), frames_per_a_node=args.a_frames,
                         max_iterations=args.scale_iterations, method=args.scale_method, centre_c=not args.pin_c)
 
 

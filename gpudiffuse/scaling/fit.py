@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
+import scipy.sparse.linalg as spla
 
 from ..errors import GpudiffuseError
 from .model import (ASurface, BScale, COffset, Design, DRegions, ScaleOptions, ScaleParams, effective,
@@ -82,12 +83,23 @@ def _merged(intensity, weight, group, n_groups, g, h, xp=np):
     return num / xp.where(den > 0, den, 1.0)
 
 
+def _apply(op, values, xp=np):
+    """op @ values for a scipy sparse ``op``; under JAX as a segment sum over its nonzeros."""
+    if xp is np:
+        return op @ values
+    import jax  # noqa: PLC0415
+
+    coo = op.tocoo()
+    return jax.ops.segment_sum(xp.asarray(coo.data) * values[xp.asarray(coo.col)], xp.asarray(coo.row),
+                               num_segments=op.shape[0])
+
+
 def _penalty(params, design, ops, lam, xp=np):
     b, c, a, d = effective(params, design, xp)
-    total = lam["b"] * xp.sum((xp.asarray(ops["b"]) @ b) ** 2)
-    total += lam["c"] * xp.sum((xp.asarray(ops["c"]) @ c) ** 2) + lam["c_ridge"] * xp.sum(c**2)
-    total += lam["a"] * xp.sum((xp.asarray(ops["a"]) @ a) ** 2)
-    total += lam["a_radial"] * xp.sum((xp.asarray(ops["a_radial"]) @ a) ** 2)
+    total = lam["b"] * xp.sum(_apply(ops["b"], b, xp) ** 2)
+    total += lam["c"] * xp.sum(_apply(ops["c"], c, xp) ** 2) + lam["c_ridge"] * xp.sum(c**2)
+    total += lam["a"] * xp.sum(_apply(ops["a"], a, xp) ** 2)
+    total += lam["a_radial"] * xp.sum(_apply(ops["a_radial"], a, xp) ** 2)
     total += lam["d"] * xp.sum((d - 1.0) ** 2)
     return total
 
@@ -117,7 +129,7 @@ def _data_curvature(design, intensity, weight, group, n_groups) -> ScaleParams:
 
 def _relative_weights(design, ops, options, curvature: ScaleParams):
     def lam(mult, data_trace, op):
-        norm = np.sum(op**2)
+        norm = op.power(2).sum()
         return float(mult * data_trace / norm) if norm > 0 else 0.0
 
     traces = {k: float(np.sum(getattr(curvature, k).values)) for k in ("b", "c", "a", "d")}
@@ -131,9 +143,12 @@ def _relative_weights(design, ops, options, curvature: ScaleParams):
 def _preconditioner(curvature: ScaleParams, ops, lam) -> ScaleParams:
     """1/√(diagonal curvature) per control point, data term plus penalties: the joint fit works in
     units in which every parameter has curvature ≈ 1, which L-BFGS's scalar initial Hessian assumes."""
-    penalty = {"b": lam["b"] * np.sum(ops["b"] ** 2, axis=0),
-               "c": lam["c"] * np.sum(ops["c"] ** 2, axis=0) + lam["c_ridge"],
-               "a": lam["a"] * np.sum(ops["a"] ** 2, axis=0) + lam["a_radial"] * np.sum(ops["a_radial"] ** 2, axis=0),
+    def column_norms(op):
+        return np.asarray(op.power(2).sum(axis=0)).ravel()
+
+    penalty = {"b": lam["b"] * column_norms(ops["b"]),
+               "c": lam["c"] * column_norms(ops["c"]) + lam["c_ridge"],
+               "a": lam["a"] * column_norms(ops["a"]) + lam["a_radial"] * column_norms(ops["a_radial"]),
                "d": lam["d"] * np.ones_like(curvature.d.values)}
     scale = {}
     for k in ("b", "c", "a", "d"):
@@ -257,15 +272,26 @@ def _sparse(index, weights, factor, n_cols):
     return sp.csr_matrix(((weights * factor[:, None]).ravel(), (rows, index.ravel())), shape=(len(index), n_cols))
 
 
-def _solve(x, y, weight, penalty, free=None):
-    """argmin Σ w (y − X v)² + vᵀ penalty v (penalty: dense (n, n)), over the free columns."""
+def _solve(x, y, weight, penalty, free=None, low_rank=None):
+    """argmin Σ w (y − X v)² + vᵀ (penalty + λ RᵀR) v over the free columns; penalty sparse (n, n),
+    ``low_rank`` = (R, λ) with few dense rows R (the radial constraint on a), applied by the
+    Woodbury identity so that the sparse LU never sees the dense RᵀR."""
     xtw = x.T.multiply(weight).tocsr()
-    lhs = (xtw @ x).toarray() + penalty
+    lhs = (xtw @ x + penalty).tocsc()
     rhs = xtw @ y
     v = np.zeros(x.shape[1])
     cols = np.arange(x.shape[1]) if free is None else np.flatnonzero(free)
-    sub = lhs[np.ix_(cols, cols)] + 1e-12 * np.trace(lhs) / max(len(cols), 1) * np.eye(len(cols))
-    v[cols] = np.linalg.solve(sub, rhs[cols])
+    sub = lhs[cols][:, cols]
+    sub = sub + 1e-12 * sub.diagonal().sum() / max(len(cols), 1) * sp.identity(len(cols), format="csc")
+    lu = spla.splu(sub.tocsc())
+    solution = lu.solve(rhs[cols])
+    if low_rank is not None:
+        rows, lam = low_rank
+        r = np.asarray(rows[:, cols].toarray() if sp.issparse(rows) else rows[:, cols])
+        ainv_rt = lu.solve(np.ascontiguousarray(r.T))
+        capacitance = np.eye(len(r)) / lam + r @ ainv_rt
+        solution = solution - ainv_rt @ np.linalg.solve(capacitance, r @ solution)
+    v[cols] = solution
     return v
 
 
@@ -274,9 +300,10 @@ def _fit_alternating(params, design, ops, lam, intensity, weight, group, n_group
     b, c, a, d = (np.array(v, dtype=np.float64) for v in effective(params, design))
     history, converged = [], False
     pen = {"b": lam["b"] * ops["b"].T @ ops["b"],
-           "c": lam["c"] * ops["c"].T @ ops["c"] + lam["c_ridge"] * np.eye(design.n_c),
-           "a": lam["a"] * ops["a"].T @ ops["a"] + lam["a_radial"] * ops["a_radial"].T @ ops["a_radial"],
-           "d": lam["d"] * np.eye(design.n_regions)}
+           "c": lam["c"] * ops["c"].T @ ops["c"] + lam["c_ridge"] * ops["c_ridge"],
+           "a": lam["a"] * ops["a"].T @ ops["a"],
+           "d": lam["d"] * ops["d"].toarray()}
+    radial = (ops["a_radial"], lam["a_radial"]) if lam["a_radial"] > 0 else None
     iteration = 0
     for iteration in range(1, options.max_iterations + 1):
         p = ScaleParams(BScale(b), COffset(c), ASurface(a), DRegions(d))
@@ -294,7 +321,7 @@ def _fit_alternating(params, design, ops, lam, intensity, weight, group, n_group
         ci = (c[design.ic] * design.wc).sum(1)
         # a
         x = _sparse(design.ia, design.wa, di * (bi * merged + ci), design.n_a)
-        a = _solve(x, intensity, weight, pen["a"])
+        a = _solve(x, intensity, weight, pen["a"], low_rank=radial)
         a = effective(ScaleParams(BScale(b), COffset(c), ASurface(a), DRegions(d)), design)[2]
         ai = (a[design.ia] * design.wa).sum(1)
         # d (the penalty pulls towards 1: add λ·1 on the right-hand side)

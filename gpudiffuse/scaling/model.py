@@ -71,15 +71,20 @@ class ScaleOptions:
     """Grid sizes and fit settings.
 
     frames_per_b_node : spacing of b's control points in frames (per batch, at least 2 nodes).
-    c_nodes : (|s| nodes, z nodes) of c. a_nodes : (x, y, z) nodes of a.
+    c_nodes : (|s| nodes, frame nodes) of c; a_nodes : (x, y, frame) nodes of a. A frame count of
+    None (the default) is derived from the data: one node per ``frames_per_c_node`` /
+    ``frames_per_a_node`` frames of the longest sweep, at least 2, so long sweeps get proportionally
+    more control points along the rotation.
     multipliers : relative weights of the penalties (× trace(data)/trace(penalty)); ``radial_a``
     weighs the constraint that a has no part depending on |s| alone (see :func:`radial_operator`).
     outlier_rounds : k of the successive two-sided rejections |r| > k·rms.
     """
 
     frames_per_b_node: int = 5
-    c_nodes: tuple[int, int] = (6, 3)
-    a_nodes: tuple[int, int, int] = (5, 5, 3)
+    c_nodes: tuple[int, int | None] = (6, None)
+    a_nodes: tuple[int, int, int | None] = (5, 5, None)
+    frames_per_c_node: int = 20
+    frames_per_a_node: int = 20
     smooth_b: float = 1e-1
     smooth_c: float = 1e-1
     ridge_c: float = 1e-4
@@ -95,8 +100,12 @@ class ScaleOptions:
     def __post_init__(self):
         if self.method not in ("joint", "alternating"):
             raise GpudiffuseError(f"unknown scaling method {self.method!r} (joint or alternating)")
-        if self.frames_per_b_node < 1 or min(self.c_nodes) < 1 or min(self.a_nodes) < 1:
-            raise GpudiffuseError("scaling grid sizes must be positive")
+        counts = [n for n in (*self.c_nodes, *self.a_nodes) if n is not None]
+        spacings = (self.frames_per_b_node, self.frames_per_c_node, self.frames_per_a_node)
+        if len(self.c_nodes) != 2 or len(self.a_nodes) != 3:
+            raise GpudiffuseError("c_nodes takes (|s| nodes, frame nodes) and a_nodes (x, y, frame nodes)")
+        if min(counts) < 1 or min(spacings) < 1:
+            raise GpudiffuseError("scaling grid sizes and node spacings must be positive")
 
 
 @dataclass
@@ -124,6 +133,11 @@ class Design:
     c_centred: bool = False  # c minus its mean over batches and frame nodes at each |s| node
 
 
+def frame_nodes(n_frames: int, frames_per_node: int) -> int:
+    """Control points along a sweep of ``n_frames``: one per ``frames_per_node`` frames, at least 2."""
+    return max(2, int(np.ceil(n_frames / frames_per_node)) + 1)
+
+
 def _hat(u, lo, hi, n):
     """Linear interpolation on n uniform nodes over [lo, hi]: (i0, i1, w0, w1)."""
     if n == 1:
@@ -147,8 +161,8 @@ def build_design(table: dict, batches, n_frames: dict, options: ScaleOptions, im
     batch_ids = {b: i for i, b in enumerate(sorted(batches))}
     nb_batches = len(batch_ids)
     batch = np.array([batch_ids[b] for b in table["batch"]], dtype=np.int64)
-    nz_b = {b: max(2, int(np.ceil(n_frames[b] / options.frames_per_b_node)) + 1) for b in batch_ids}
-    n_bz = max(nz_b.values())
+    longest = max(n_frames[b] for b in batch_ids)
+    n_bz = frame_nodes(longest, options.frames_per_b_node)
     frame = np.asarray(table["frame"], dtype=np.float64)
     zmax = np.array([n_frames[b] - 1 for b in sorted(batch_ids)], dtype=np.float64)[batch]
     i0, i1, w0, w1 = _hat(frame / np.maximum(zmax, 1), 0.0, 1.0, n_bz)
@@ -156,6 +170,7 @@ def build_design(table: dict, batches, n_frames: dict, options: ScaleOptions, im
     wb = np.stack([w0, w1], 1)
 
     ns, nzc = options.c_nodes
+    nzc = frame_nodes(longest, options.frames_per_c_node) if nzc is None else nzc
     s = np.asarray(table["s"], dtype=np.float64)
     smin, smax = (float(s.min()), float(s.max())) if s_range is None else s_range
     s0, s1, ws0, ws1 = _hat(s, smin, smax, ns)
@@ -164,6 +179,7 @@ def build_design(table: dict, batches, n_frames: dict, options: ScaleOptions, im
     wc = np.stack([ws * wz for ws in (ws0, ws1) for wz in (wz0, wz1)], 1)
 
     nx, ny, nza = options.a_nodes
+    nza = frame_nodes(longest, options.frames_per_a_node) if nza is None else nza
     fast, slow = image_size
     x0, x1, wx0, wx1 = _hat(np.asarray(table["ix"], float), 0.0, fast - 1.0, nx)
     y0, y1, wy0, wy1 = _hat(np.asarray(table["iy"], float), 0.0, slow - 1.0, ny)
@@ -220,39 +236,42 @@ def effective(params: ScaleParams, design: Design, xp=np):
     return b, c, a, d
 
 
+def _rows_matrix(rows, cols, values, n_rows, n):
+    return sp.csr_matrix((values, (rows, cols)), shape=(n_rows, n))
+
+
 def _second_difference(shape, axis):
-    """Matrix of second differences along ``axis`` of a C-ordered array of ``shape``."""
+    """Sparse matrix of second differences along ``axis`` of a C-ordered array of ``shape``."""
     n = int(np.prod(shape))
     index = np.arange(n).reshape(shape)
     if shape[axis] < 3:
-        return np.zeros((0, n))
+        return sp.csr_matrix((0, n))
     lo = np.take(index, range(0, shape[axis] - 2), axis=axis).ravel()
     mid = np.take(index, range(1, shape[axis] - 1), axis=axis).ravel()
     hi = np.take(index, range(2, shape[axis]), axis=axis).ravel()
-    m = np.zeros((len(mid), n))
     rows = np.arange(len(mid))
-    m[rows, lo], m[rows, mid], m[rows, hi] = 1.0, -2.0, 1.0
-    return m
+    return _rows_matrix(np.tile(rows, 3), np.concatenate([lo, mid, hi]),
+                        np.repeat([1.0, -2.0, 1.0], len(mid)), len(mid), n)
 
 
 def _plane_laplacian(shape):
-    """'Centre minus neighbour mean' over axes 1 and 2 (the detector plane) of (batch, x, y, z)."""
+    """Sparse 'centre minus neighbour mean' over axes 1 and 2 (the detector plane) of (batch, x, y, z)."""
     n = int(np.prod(shape))
     index = np.arange(n).reshape(shape)
-    rows = []
-    for bi in range(shape[0]):
-        for x in range(shape[1]):
-            for y in range(shape[2]):
-                for z in range(shape[3]):
-                    nbrs = [index[bi, x + dx, y + dy, z] for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1))
-                            if 0 <= x + dx < shape[1] and 0 <= y + dy < shape[2]]
-                    if not nbrs:
-                        continue
-                    row = np.zeros(n)
-                    row[index[bi, x, y, z]] = 1.0
-                    row[nbrs] -= 1.0 / len(nbrs)
-                    rows.append(row)
-    return np.array(rows) if rows else np.zeros((0, n))
+    padded = np.pad(index, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-1)
+    neighbours = [padded[:, 1 + dx:1 + dx + shape[1], 1 + dy:1 + dy + shape[2], :].ravel()
+                  for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1))]
+    count = sum((nb >= 0).astype(np.int64) for nb in neighbours)
+    centre = index.ravel()
+    has = count > 0
+    row_of = np.cumsum(has) - 1
+    rows, cols, values = [row_of[has]], [centre[has]], [np.ones(int(has.sum()))]
+    for nb in neighbours:
+        ok = has & (nb >= 0)
+        rows.append(row_of[ok])
+        cols.append(nb[ok])
+        values.append(-1.0 / count[ok])
+    return _rows_matrix(np.concatenate(rows), np.concatenate(cols), np.concatenate(values), int(has.sum()), n)
 
 
 def radial_operator(design: Design) -> np.ndarray:
@@ -272,14 +291,16 @@ def radial_operator(design: Design) -> np.ndarray:
     interp_a = sp.csr_matrix((design.wa.ravel(), (rows, design.ia.ravel())), shape=(len(design.ia), design.n_a))
     bin_mean = np.asarray((interp_a.T @ hat_s).T) / np.maximum(hat_s.sum(axis=0), 1e-300)[:, None]
     overall = np.asarray(interp_a.sum(axis=0)).ravel() / len(design.ia)
-    return bin_mean - overall[None, :]
+    return sp.csr_matrix(bin_mean - overall[None, :])
 
 
 def penalty_operators(design: Design) -> dict:
-    """Penalty matrices per component (rows: penalty residuals on the effective values);
-    ``d`` is a residual d − 1 handled separately."""
+    """Sparse (CSR) penalty matrices per component (rows: penalty residuals on the effective
+    values); ``d`` is a residual d − 1 handled separately. Sparse because long sweeps have
+    thousands of control points along the frame axis."""
     b_ops = _second_difference(design.shape_b, 1)
-    c_ops = np.vstack([_second_difference(design.shape_c, 1), _second_difference(design.shape_c, 2)])
-    a_ops = np.vstack([_second_difference(design.shape_a, ax) for ax in (1, 2, 3)] + [_plane_laplacian(design.shape_a)])
-    return {"b": b_ops, "c": c_ops, "c_ridge": np.eye(design.n_c), "a": a_ops, "a_radial": radial_operator(design),
-            "d": np.eye(design.n_regions)}
+    c_ops = sp.vstack([_second_difference(design.shape_c, 1), _second_difference(design.shape_c, 2)]).tocsr()
+    a_ops = sp.vstack([_second_difference(design.shape_a, ax) for ax in (1, 2, 3)]
+                      + [_plane_laplacian(design.shape_a)]).tocsr()
+    return {"b": b_ops, "c": c_ops, "c_ridge": sp.identity(design.n_c, format="csr"), "a": a_ops,
+            "a_radial": radial_operator(design), "d": sp.identity(design.n_regions, format="csr")}
