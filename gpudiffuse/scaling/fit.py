@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
+from tqdm import tqdm
 
 from ..errors import GpudiffuseError
 from .model import (ASurface, BScale, COffset, Design, DRegions, ScaleOptions, ScaleParams, effective,
@@ -164,6 +165,7 @@ def fit_scales(table: dict, groups: np.ndarray, design: Design, options: ScaleOp
     """Fit the scaling model to an observation table.
 
     table : columns rate, sigma, batch, frame, s, ix, iy. groups : (N,) ASU voxel id of each row.
+    progress : a progress bar per round (iterations, current loss); χ² per round is logged at INFO.
     """
     batches = sorted(set(np.unique(table["batch"]).tolist())) if batches is None else list(batches)
     _validate(table, batches)
@@ -192,8 +194,14 @@ def fit_scales(table: dict, groups: np.ndarray, design: Design, options: ScaleOp
             rejected += int(bad.sum())
             keep &= ~bad
             logger.info("scaling: outlier round k=%g rejected %d observations", k, int(bad.sum()))
-        params, hist, its, ok = solver(params, design, ops, lam, intensity, weight * keep, group, n_groups, options,
-                                       preconditioner)
+        with tqdm(total=options.max_iterations, desc=f"scale ({options.method}) round {round_index}", unit="it",
+                  disable=not progress, leave=False) as bar:
+            def report(loss):
+                bar.update()
+                bar.set_postfix_str(f"loss {loss:.7g}", refresh=False)
+
+            params, hist, its, ok = solver(params, design, ops, lam, intensity, weight * keep, group, n_groups,
+                                           options, preconditioner, report)
         history += hist
         iterations += its
         converged = converged and ok
@@ -209,7 +217,7 @@ def fit_scales(table: dict, groups: np.ndarray, design: Design, options: ScaleOp
                     rejected, options.method)
 
 
-def _fit_joint(params, design, ops, lam, intensity, weight, group, n_groups, options, preconditioner):
+def _fit_joint(params, design, ops, lam, intensity, weight, group, n_groups, options, preconditioner, report):
     import jax  # noqa: PLC0415
     import jax.numpy as jnp  # noqa: PLC0415
     import optax  # noqa: PLC0415
@@ -249,6 +257,7 @@ def _fit_joint(params, design, ops, lam, intensity, weight, group, n_groups, opt
                 logger.warning("scaling: non-finite loss at iteration %d; keeping the last good model", iteration)
                 break
             history.append(value / norm)
+            report(history[-1])
             u = u_new
             if _settled(history, options.tolerance):
                 converged = True
@@ -295,7 +304,8 @@ def _solve(x, y, weight, penalty, free=None, low_rank=None):
     return v
 
 
-def _fit_alternating(params, design, ops, lam, intensity, weight, group, n_groups, options, preconditioner=None):
+def _fit_alternating(params, design, ops, lam, intensity, weight, group, n_groups, options, preconditioner=None,
+                     report=lambda loss: None):
     """One component at a time by weighted linear least squares, then Î, until χ² settles."""
     b, c, a, d = (np.array(v, dtype=np.float64) for v in effective(params, design))
     history, converged = [], False
@@ -332,6 +342,7 @@ def _fit_alternating(params, design, ops, lam, intensity, weight, group, n_group
         p = ScaleParams(BScale(b), COffset(c), ASurface(a), DRegions(d))
         value = float(_data_chi2(p, design, intensity, weight, group, n_groups)[0] + _penalty(p, design, ops, lam))
         history.append(value)
+        report(value)
         if _settled(history, options.tolerance):
             converged = True
             break
