@@ -139,7 +139,7 @@ def process(params: ProcessParameters, out: str, overwrite: bool = False, progre
 
     # 4. scaling (after subtracting the background run, if any)
     observations = _subtract_background(tables["observations"])
-    scale_fit = None
+    scale_fit, unscaled = None, None
     if params.scale == "model":
         path = _step_path(out, "scale")
         p = _params_dict(params, "scale")
@@ -148,7 +148,7 @@ def process(params: ProcessParameters, out: str, overwrite: bool = False, progre
             write_scale(path, scale_fit, p, backend)
         else:
             scale_fit = read_scale(path, experiment, observations, params.integration.ndiv)
-        observations = apply_scales(observations, scale_fit)
+        unscaled, observations = observations, apply_scales(observations, scale_fit)
         if tables["excluded"]:
             tables["excluded"] = apply_scales_to_other(experiment, _subtract_background(tables["excluded"]),
                                                        scale_fit, params.integration.ndiv, params.scaling)
@@ -159,6 +159,10 @@ def process(params: ProcessParameters, out: str, overwrite: bool = False, progre
     merged, stats, rejected = merge(observations, space_group, params.integration.ndiv, metric, params.merging)
     if not len(merged["intensity"]):
         raise GridError("no voxel was observed: check --dmin, the mask and the frame range")
+    if unscaled is not None:
+        # CC½ before scaling, same shells and half-sets (DESIGN §10: report χ² and CC½ before/after)
+        stats["cc_half_unscaled"] = merge(unscaled, space_group, params.integration.ndiv, metric,
+                                          params.merging)[1]["cc_half"]
     bragg = None
     if tables["excluded"]:
         bragg, _, _ = merge(tables["excluded"], space_group, params.integration.ndiv, metric, params.merging)
@@ -418,10 +422,12 @@ def _read_integrate(path):
 
 
 def format_statistics(stats: dict) -> str:
-    """The per-shell table as text."""
-    lines = [" d_max  d_min       n      <I>   <I/sig>   CC1/2     CC*  R-split"]
+    """The per-shell table as text (with CC½ of the unscaled data when the model was fitted)."""
+    before = "cc_half_unscaled" in stats
+    lines = [" d_max  d_min       n      <I>   <I/sig>   CC1/2     CC*  R-split" + ("  CC1/2(unscaled)" if before else "")]
     for i in range(len(stats["n"])):
         lines.append(f"{stats['d_max'][i]:6.2f} {stats['d_min'][i]:6.2f} {int(stats['n'][i]):7d} "
                      f"{stats['mean_I'][i]:8.4g} {stats['mean_I_over_sigma'][i]:9.1f} {stats['cc_half'][i]:7.4f} "
-                     f"{stats['cc_star'][i]:7.4f} {stats['r_split'][i]:8.4f}")
+                     f"{stats['cc_star'][i]:7.4f} {stats['r_split'][i]:8.4f}"
+                     + (f" {stats['cc_half_unscaled'][i]:16.4f}" if before else ""))
     return "\n".join(lines)

@@ -28,6 +28,29 @@ def test_process_tiny(tiny_dataset, tmp_path, capsys):
     assert (out / "merged.nxs").is_file() and (out / "map.nxs").is_file()
 
 
+def test_process_reports_cc_half_before_and_after_scaling(tiny_dataset, tmp_path, capsys):
+    """With the scaling model fitted, the statistics carry CC½ of the unscaled observations too:
+    the same numbers as merging integrate.nxs's table directly."""
+    import h5py
+
+    from gpudiffuse.experiment import read_experiment
+    from gpudiffuse.merge import merge
+    from gpudiffuse.pipeline import _read_integrate
+
+    out = tmp_path / "out"
+    code, stdout, err = run(capsys, "--xds", str(tiny_dataset), "-o", str(out), "--device", "cpu", "--no-bragg-mask")
+    assert code == 0, err
+    assert "CC1/2(unscaled)" in stdout and "scaling (joint): chi2" in stdout
+    with h5py.File(out / "merged.nxs") as f:
+        after, before = f["entry/statistics/cc_half"][()], f["entry/statistics/cc_half_unscaled"][()]
+    experiment = read_experiment(str(out / "experiment.nxs"))
+    crystal = experiment.sweeps[0].crystal
+    table = _read_integrate(str(out / "integrate.nxs"))["observations"]
+    expected = merge(table, experiment.space_group, (3, 3, 3), crystal.A.T @ crystal.A)[1]["cc_half"]
+    np.testing.assert_allclose(before, expected)
+    assert not np.allclose(before, after, equal_nan=True)
+
+
 def test_frame_range_outside_the_files(tiny_dataset, tmp_path, capsys):
     expect_failure(capsys, tmp_path, ["--xds", str(tiny_dataset), "--frames", "5", "20"],
                    "frame range 5-20 is outside the files' range 1-12")

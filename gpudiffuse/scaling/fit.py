@@ -283,8 +283,8 @@ def _sparse(index, weights, factor, n_cols):
 
 def _solve(x, y, weight, penalty, free=None, low_rank=None):
     """argmin Σ w (y − X v)² + vᵀ (penalty + λ RᵀR) v over the free columns; penalty sparse (n, n),
-    ``low_rank`` = (R, λ) with few dense rows R (the radial constraint on a), applied by the
-    Woodbury identity so that the sparse LU never sees the dense RᵀR."""
+    ``low_rank`` = (R, λ) with a few dense rows R (stored sparse; the radial constraint on a),
+    applied by the Woodbury identity so that the sparse LU never sees the dense RᵀR."""
     xtw = x.T.multiply(weight).tocsr()
     lhs = (xtw @ x + penalty).tocsc()
     rhs = xtw @ y
@@ -292,11 +292,11 @@ def _solve(x, y, weight, penalty, free=None, low_rank=None):
     cols = np.arange(x.shape[1]) if free is None else np.flatnonzero(free)
     sub = lhs[cols][:, cols]
     sub = sub + 1e-12 * sub.diagonal().sum() / max(len(cols), 1) * sp.identity(len(cols), format="csc")
-    lu = spla.splu(sub.tocsc())
+    lu = spla.splu(sp.csc_matrix(sub))
     solution = lu.solve(rhs[cols])
     if low_rank is not None:
         rows, lam = low_rank
-        r = np.asarray(rows[:, cols].toarray() if sp.issparse(rows) else rows[:, cols])
+        r = rows[:, cols].toarray()
         ainv_rt = lu.solve(np.ascontiguousarray(r.T))
         capacitance = np.eye(len(r)) / lam + r @ ainv_rt
         solution = solution - ainv_rt @ np.linalg.solve(capacitance, r @ solution)

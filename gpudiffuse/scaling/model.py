@@ -236,10 +236,6 @@ def effective(params: ScaleParams, design: Design, xp=np):
     return b, c, a, d
 
 
-def _rows_matrix(rows, cols, values, n_rows, n):
-    return sp.csr_matrix((values, (rows, cols)), shape=(n_rows, n))
-
-
 def _second_difference(shape, axis):
     """Sparse matrix of second differences along ``axis`` of a C-ordered array of ``shape``."""
     n = int(np.prod(shape))
@@ -250,8 +246,8 @@ def _second_difference(shape, axis):
     mid = np.take(index, range(1, shape[axis] - 1), axis=axis).ravel()
     hi = np.take(index, range(2, shape[axis]), axis=axis).ravel()
     rows = np.arange(len(mid))
-    return _rows_matrix(np.tile(rows, 3), np.concatenate([lo, mid, hi]),
-                        np.repeat([1.0, -2.0, 1.0], len(mid)), len(mid), n)
+    return sp.csr_matrix((np.repeat([1.0, -2.0, 1.0], len(mid)), (np.tile(rows, 3), np.concatenate([lo, mid, hi]))),
+                         shape=(len(mid), n))
 
 
 def _plane_laplacian(shape):
@@ -271,11 +267,12 @@ def _plane_laplacian(shape):
         rows.append(row_of[ok])
         cols.append(nb[ok])
         values.append(-1.0 / count[ok])
-    return _rows_matrix(np.concatenate(rows), np.concatenate(cols), np.concatenate(values), int(has.sum()), n)
+    return sp.csr_matrix((np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))),
+                         shape=(int(has.sum()), n))
 
 
-def radial_operator(design: Design) -> np.ndarray:
-    """Rows R with R·a = 0 when a has no |s|-only part.
+def radial_operator(design: Design) -> sp.csr_matrix:
+    """Rows R (one per |s| node of c, dense, stored as CSR) with R·a = 0 when a has no |s|-only part.
 
     |s| of a pixel is the same on every frame, so a(ix, iy) ∝ f(|s(ix, iy)|) shared by all frames
     and batches rescales every voxel's Î by f(|s|) and leaves the data term unchanged: an exact
