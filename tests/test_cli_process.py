@@ -21,16 +21,8 @@ def expect_failure(capsys, tmp_path, args, *fragments):
 
 
 def test_process_tiny(tiny_dataset, tmp_path, capsys):
-    out = tmp_path / "out"
-    code, stdout, err = run(capsys, "--xds", str(tiny_dataset), "-o", str(out), "--device", "cpu")
-    assert code == 0, err
-    assert "CC1/2" in stdout and "merged" in stdout
-    assert (out / "merged.nxs").is_file() and (out / "map.nxs").is_file()
-
-
-def test_process_reports_cc_half_before_and_after_scaling(tiny_dataset, tmp_path, capsys):
-    """With the scaling model fitted, the statistics carry CC½ of the unscaled observations too:
-    the same numbers as merging integrate.nxs's table directly."""
+    """The default run fits the scaling model; the statistics carry CC½ of the unscaled
+    observations beside the scaled one: the same numbers as merging integrate.nxs's table directly."""
     import h5py
 
     from gpudiffuse.experiment import read_experiment
@@ -38,8 +30,10 @@ def test_process_reports_cc_half_before_and_after_scaling(tiny_dataset, tmp_path
     from gpudiffuse.pipeline import _read_integrate
 
     out = tmp_path / "out"
-    code, stdout, err = run(capsys, "--xds", str(tiny_dataset), "-o", str(out), "--device", "cpu", "--no-bragg-mask")
+    code, stdout, err = run(capsys, "--xds", str(tiny_dataset), "-o", str(out), "--device", "cpu")
     assert code == 0, err
+    assert "CC1/2" in stdout and "merged" in stdout
+    assert (out / "merged.nxs").is_file() and (out / "map.nxs").is_file()
     assert "CC1/2(unscaled)" in stdout and "scaling (joint): chi2" in stdout
     with h5py.File(out / "merged.nxs") as f:
         after, before = f["entry/statistics/cc_half"][()], f["entry/statistics/cc_half_unscaled"][()]
