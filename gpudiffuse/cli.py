@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("scale", help="fit the scaling model to OUT/integrate.nxs and write OUT/scale.nxs",
                        description="Fit I_obs ≈ a(ix,iy,z)·d(region)·[b(z)·I + c(|s|,z)] to the observation table of "
-                                   "a processed folder and write OUT/scale.nxs (χ² before/after, the model).")
+                                   "a processed folder and write OUT/scale.nxs (χ² before/after, the model); prints CC½ "
+                                   "per shell before and after.")
     p.add_argument("-o", "--out", required=True, metavar="OUT", help="folder holding experiment.nxs and integrate.nxs")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT/scale.nxs")
     _add_scaling(p)
@@ -192,7 +193,9 @@ def _run_scale(args):
 
     from .experiment import read_experiment  # noqa: PLC0415
     from .io.nexus import read_parameters  # noqa: PLC0415
-    from .pipeline import _read_integrate, fit_observations, write_scale  # noqa: PLC0415
+    from .merge import merge  # noqa: PLC0415
+    from .pipeline import _read_integrate, _subtract_background, fit_observations, write_scale  # noqa: PLC0415
+    from .scaling import apply_scales  # noqa: PLC0415
 
     integrate_path = os.path.join(args.out, "integrate.nxs")
     if not os.path.isfile(integrate_path):
@@ -203,10 +206,19 @@ def _run_scale(args):
     experiment = read_experiment(os.path.join(args.out, "experiment.nxs"))
     ndiv = tuple(read_parameters(integrate_path)["integration"]["ndiv"])
     options = _scale_options(args)
-    fit = fit_observations(experiment, _read_integrate(integrate_path)["observations"], ndiv, options)
+    # the same table process scales: minus the background run, when there was one
+    table = _subtract_background(_read_integrate(integrate_path)["observations"])
+    fit = fit_observations(experiment, table, ndiv, options)
     write_scale(out_path, fit, {"scaling": asdict(options)}, None)
     print(f"scaling ({fit.method}): chi2 {fit.chi2_before:.6g} -> {fit.chi2_after:.6g}, {fit.iterations} iterations, "
           f"{'converged' if fit.converged else 'NOT converged'}, {fit.rejected} outliers rejected")
+    crystal = experiment.sweeps[0].crystal
+    metric = crystal.A.T @ crystal.A
+    before = merge(table, experiment.space_group, ndiv, metric)[1]
+    after = merge(apply_scales(table, fit), experiment.space_group, ndiv, metric)[1]
+    print("CC1/2 per shell, default merge settings:\n  d_min  unscaled    scaled")
+    for d_min, cc_before, cc_after in zip(before["d_min"], before["cc_half"], after["cc_half"]):
+        print(f"{d_min:7.2f} {cc_before:9.4f} {cc_after:9.4f}")
     print(f"written {out_path}")
 
 

@@ -98,3 +98,19 @@ def test_background_is_subtracted(tiny_dataset, tmp_path, capsys):
         pixels = b["entry/observations/pixels"][()]
         np.testing.assert_allclose(bkg_rate / rate, 4.0 * pixels / counts, rtol=1e-9)
         assert np.mean(m["entry/merged/intensity"][()]) < np.mean(p["entry/merged/intensity"][()])
+    # `gpudiffuse scale` fits the same background-subtracted table that process would scale
+    capsys.readouterr()
+    assert main(["scale", "-o", str(tmp_path / "sub"), "--scale-iterations", "20"]) == 0
+    stdout = capsys.readouterr().out
+    from gpudiffuse.experiment import read_experiment
+    from gpudiffuse.merge import merge
+    from gpudiffuse.pipeline import _read_integrate
+
+    experiment = read_experiment(str(tmp_path / "sub" / "experiment.nxs"))
+    crystal = experiment.sweeps[0].crystal
+    table = _read_integrate(str(tmp_path / "sub" / "integrate.nxs"))["observations"]
+    subtracted = dict(table, rate=table["rate"] - table["background_rate"],
+                      sigma=np.sqrt(table["sigma"] ** 2 + table["background_sigma"] ** 2))
+    expected = merge(subtracted, experiment.space_group, (3, 3, 3), crystal.A.T @ crystal.A)[1]["cc_half"]
+    rows = stdout.split("unscaled    scaled\n")[1].splitlines()[:len(expected)]
+    np.testing.assert_allclose([float(r.split()[1]) for r in rows], expected, atol=5e-5)
