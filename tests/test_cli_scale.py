@@ -4,9 +4,8 @@ import h5py
 import numpy as np
 
 from gpudiffuse.cli import main
-from gpudiffuse.experiment import read_experiment
-from gpudiffuse.merge import merge
-from gpudiffuse.pipeline import _read_integrate
+
+from cli_helpers import folder_cc_half, printed_unscaled_cc_half
 
 
 def test_scale_refits_reports_and_refuses_to_overwrite(tiny_dataset, tmp_path, capsys):
@@ -26,13 +25,8 @@ def test_scale_refits_reports_and_refuses_to_overwrite(tiny_dataset, tmp_path, c
     with h5py.File(out / "scale.nxs") as f:
         assert f["entry/model"].attrs["method"] == "alternating"
     # the printed unscaled CC½ is that of merging integrate.nxs's table directly
-    experiment = read_experiment(str(out / "experiment.nxs"))
-    crystal = experiment.sweeps[0].crystal
-    table = _read_integrate(str(out / "integrate.nxs"))["observations"]
-    expected = merge(table, experiment.space_group, (3, 3, 3), crystal.A.T @ crystal.A)[1]["cc_half"]
-    rows = stdout.split("unscaled    scaled\n")[1].splitlines()[:len(expected)]
-    printed = np.array([float(r.split()[1]) for r in rows])
-    np.testing.assert_allclose(printed, expected, atol=5e-5)
+    expected = folder_cc_half(out)
+    np.testing.assert_allclose(printed_unscaled_cc_half(stdout, len(expected)), expected, atol=5e-5)
 
 
 def test_scale_needs_a_processed_folder(tmp_path, capsys):
