@@ -52,7 +52,7 @@ def main(argv=None):
     from gpudiffuse.backend import resolve_device
     from gpudiffuse.geometry.model import Beam, Crystal, Goniometer, Panel, Scan, Sweep
     from gpudiffuse.grid import VoxelGrid
-    from gpudiffuse.integrate import IntegrationParameters, prepare_pixels
+    from gpudiffuse.integration import IntegrationParameters, prepare_pixels
     from gpudiffuse.integrate_gpu import integrate_sweep_gpu
     from gpudiffuse.masking.layout import layout_for_size
 

@@ -30,7 +30,7 @@ def main(argv=None):
     import jax
 
     from gpudiffuse.experiment import ImportParameters, read_experiment
-    from gpudiffuse.integrate import IntegrationParameters
+    from gpudiffuse.integration import IntegrationParameters
     from gpudiffuse.merge import merge
     from gpudiffuse.pipeline import ProcessParameters, _read_integrate, fit_observations, process
     from gpudiffuse.scaling import ScaleOptions, apply_scales

@@ -123,6 +123,6 @@ def load_module(name: str, name_expressions: tuple[str, ...] = ()):
     code = f'#line 1 "{path}"\n' + path.read_text()
     return backend.xp.RawModule(
         code=code,
-        options=("-std=c++17", f"-I{kernel_dir()}"),
+        options=("-std=c++17", "--fmad=false", f"-I{kernel_dir()}"),
         name_expressions=name_expressions or None,
     )

@@ -11,6 +11,7 @@ import sys
 
 from . import __version__
 from .errors import GpudiffuseError
+from .integration.pixels import DEFAULT_WEDGE_DEGREES
 
 __all__ = ["build_parser", "main"]
 
@@ -49,10 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="write a simulated dataset with known truth",
                        description="Write CBF frames, XDS.INP, GXPARM.XDS, a DIALS .expt and truth.h5 to OUTDIR.")
     p.add_argument("outdir")
-    p.add_argument("--preset", default="small", choices=["tiny", "small", "scaling", "p6m"],
+    p.add_argument("--preset", default="small", choices=["tiny", "small", "scaling", "1m", "p6m"],
                    help="tiny: 487x195, 12 frames; small: Pilatus 300K, 60 frames; scaling: two 40-frame sweeps "
                         "with absorption, module factors and an additive offset (DIALS .expt only); "
-                        "p6m: Pilatus 6M, 50 frames")
+                        "1m: Pilatus 1M, 120 frames of 0.5°, P212121; p6m: Pilatus 6M, 50 frames of 0.1°")
     p.add_argument("--frames", type=int, help="number of frames (default from the preset)")
     p.add_argument("--ndiv", type=int, nargs=3, default=[3, 3, 3], metavar="N", help="grid of the saved truth")
     p.add_argument("--seed", type=int, help="random seed (default from the preset)")
@@ -98,7 +99,10 @@ def _add_processing(p):
     g.add_argument("--background", metavar="TEMPLATE",
                    help="background frames without the crystal (template with ? or #), subtracted per voxel")
     g.add_argument("--frames", type=int, nargs=2, metavar=("FIRST", "LAST"), help="file numbers to process")
-    g.add_argument("--wedge-frames", type=int, default=5, help="frames per wedge of observations (default 5)")
+    g.add_argument("--wedge", type=float, default=DEFAULT_WEDGE_DEGREES, metavar="DEG",
+                   help="rotation per wedge of observations, degrees (default %(default)g; stills: one wedge per "
+                        "frame); observations of one voxel in different wedges are scaled separately")
+    g.add_argument("--wedge-frames", type=int, help="frames per wedge instead of --wedge")
     g.add_argument("--min-pixels", type=int, default=1, help="drop observations with fewer pixels")
     g.add_argument("--min-counts", type=int, default=0, help="drop observations with fewer counts")
     g.add_argument("--no-air", action="store_true", help="no air-attenuation correction")
@@ -107,6 +111,15 @@ def _add_processing(p):
                         "scattering only; none")
     g.add_argument("--no-scale", action="store_true", help="skip scaling (same as --scale none)")
     _add_scaling(p)
+    e = p.add_argument_group("engines and parallel runs")
+    e.add_argument("--engine", choices=["numpy", "cpu", "cuda"],
+                   help="integration engine (default from --device: cuda on a GPU, else cpu = compiled, "
+                        "multi-threaded; numpy = the slow reference)")
+    e.add_argument("--nproc", type=int, metavar="N",
+                   help="CPU threads of the cpu engine, or processes of the numpy engine (default: all cores)")
+    e.add_argument("--scheduler", metavar="ADDRESS", help="run blocks of wedges on an existing Dask scheduler "
+                   "(e.g. tcp://host:8786); workers read the frames themselves, so they need the same paths")
+    e.add_argument("--dask-workers", type=int, metavar="N", help="run blocks on a local Dask cluster of N processes")
     b = p.add_argument_group("Bragg mask (peak-cloud model)")
     b.add_argument("--no-bragg-mask", action="store_true", help="do not mask Bragg peaks")
     b.add_argument("--threshold", type=float, help="count threshold of strong pixels (default: automatic)")
@@ -146,18 +159,20 @@ def _scale_options(args):
 
 
 def _process_parameters(args):
-    from .integrate import IntegrationParameters  # noqa: PLC0415
+    from .integration import IntegrationParameters  # noqa: PLC0415
     from .masking.peaks import PeakParameters  # noqa: PLC0415
     from .merge import MergeParameters  # noqa: PLC0415
     from .pipeline import ProcessParameters  # noqa: PLC0415
 
     return ProcessParameters(
         geometry=_import_parameters(args),
-        integration=IntegrationParameters(ndiv=tuple(args.ndiv), dmin=args.dmin, wedge_frames=args.wedge_frames,
+        integration=IntegrationParameters(ndiv=tuple(args.ndiv), dmin=args.dmin, wedge_degrees=args.wedge,
+                                          wedge_frames=args.wedge_frames,
                                           frames=tuple(args.frames) if args.frames else None, air=not args.no_air),
         peaks=PeakParameters(threshold=args.threshold, sigma_cutoff=args.sigma_cutoff),
         merging=MergeParameters(outlier_k=args.outlier_k or None, n_shells=args.shells, anomalous=args.anomalous),
-        scaling=_scale_options(args), device=args.device, background=args.background,
+        scaling=_scale_options(args), device=args.device, background=args.background, engine=args.engine,
+        nproc=args.nproc, scheduler=args.scheduler, dask_workers=args.dask_workers,
         bragg_mask=not args.no_bragg_mask, scale="none" if args.no_scale else args.scale,
         min_pixels=args.min_pixels, min_counts=args.min_counts)
 

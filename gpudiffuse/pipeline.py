@@ -15,11 +15,12 @@ import h5py
 import numpy as np
 
 from .backend import resolve_device
-from .errors import GridError, ImageError, OutputExistsError
+from .errors import DeviceError, GridError, OutputExistsError
 from .experiment import Experiment, ImportParameters, import_experiment, read_experiment, summarise, write_experiment
 from .geometry.vectors import edge_resolution
 from .grid import VoxelGrid
-from .integrate import IntegrationParameters, integrate_sweep, prepare_pixels
+from .integration import IntegrationParameters
+from .integration.blocks import Execution
 from .io.nexus import atomic_nexus, read_parameters, step_is_complete, write_provenance
 from .masking.peaks import PeakModel, PeakParameters, ThresholdProfile, absent_table, find_peaks
 from .merge import MergeParameters, check_grid_symmetry, expand_to_grid, merge
@@ -44,6 +45,10 @@ class ProcessParameters:
     merging: MergeParameters = field(default_factory=MergeParameters)
     scaling: ScaleOptions = field(default_factory=ScaleOptions)
     device: str = "auto"
+    engine: str | None = None          # None: from the device (cuda or cpu)
+    nproc: int | None = None
+    scheduler: str | None = None
+    dask_workers: int | None = None
     background: str | None = None
     bragg_mask: bool = True
     scale: str = "model"
@@ -53,6 +58,17 @@ class ProcessParameters:
     def __post_init__(self):
         if self.scale not in ("model", "isotropic", "none"):
             raise GridError(f"unknown scale mode {self.scale!r} (model, isotropic or none)")
+
+
+def execution_for(params: ProcessParameters, backend) -> Execution:
+    """Where the streaming pass runs: ``--engine``, else ``cuda`` on a GPU and ``cpu`` (numba) otherwise."""
+    from .integration.engines import engine_class  # noqa: PLC0415
+
+    engine = params.engine or ("cuda" if backend.device == "gpu" else "cpu")
+    if not engine_class(engine).available():
+        raise DeviceError(f"--engine {engine} cannot run on this machine"
+                          + (" (no usable GPU)" if engine == "cuda" else " (numba is not installed)"))
+    return Execution(engine, params.nproc, params.scheduler, params.dask_workers)
 
 
 def resolve_dmin(experiment: Experiment, dmin: float | None) -> float:
@@ -295,68 +311,34 @@ def _write_merged_group(entry, name, merged, crystal, ndiv):
     g.attrs["unit_cell"] = np.asarray(crystal.unit_cell.parameters, dtype=np.float64)
 
 
-def _load_background(template, sweep, mask):
-    """Per-pixel background rate (counts/s) and its variance from a background run."""
-    from .geometry.cbf_header import read_pilatus_header  # noqa: PLC0415
-    from .io.images import expand_template, read_image  # noqa: PLC0415
-    from .masking.pixel import frame_valid  # noqa: PLC0415
-
-    total = np.zeros(mask.shape)
-    time = np.zeros(mask.shape)
-    for _, path in expand_template(template):
-        data = read_image(path)
-        if data.shape != mask.shape:
-            raise ImageError(f"background frame {path} is {data.shape[1]}x{data.shape[0]} pixels but the data "
-                             f"frames are {mask.shape[1]}x{mask.shape[0]}")
-        try:
-            t = read_pilatus_header(path).get("exposure_time", 1.0)
-        except ImageError:
-            t = 1.0
-        valid = frame_valid(data, sweep.panel.trusted_range) & (data >= 0)
-        total += np.where(valid, data, 0)
-        time += np.where(valid, t, 0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rate = np.where(time > 0, total / time, 0.0)
-        var = np.where(time > 0, total / time**2, 0.0)
-    return rate.ravel(), var.ravel()
-
-
 def _integrate(experiment, search, dmin, params, backend, progress):
     from tqdm import tqdm  # noqa: PLC0415
+
+    from .integration.blocks import BlockTask, plan_blocks, run_blocks  # noqa: PLC0415
 
     crystal = experiment.sweeps[0].crystal
     grid = VoxelGrid.for_crystal(crystal.real_space_axes, dmin * 0.98, params.integration.ndiv)
     absent = absent_table(crystal.space_group, grid.hmax) if search is not None else None
-    n_frames = sum(s.scan.num_frames if params.integration.frames is None
-                   else params.integration.frames[1] - params.integration.frames[0] + 1 for s in experiment.sweeps)
-    bar = tqdm(total=n_frames, desc="integrate", unit="frame", disable=not progress)
-    diffuse, excluded, profiles, zingers = [], [], {}, 0
+    execution = execution_for(params, backend)
+    logger.info("integration engine: %s", execution.engine)
+    tasks = []
     for i, (sweep, mask) in enumerate(zip(experiment.sweeps, experiment.masks)):
         threshold = None
         if search is not None:
             mask = mask & ~search.hot_pixels[i]
             threshold = search.thresholds[i]
-        pixels = prepare_pixels(sweep, mask, dmin, threshold, air=params.integration.air)
-        background = None
-        if params.background:
-            rate, var = _load_background(params.background, sweep, mask)
-            background = (rate[pixels.index], var[pixels.index])
-        model = None if search is None else search.model
-        if backend.device == "gpu":
-            from .integrate_gpu import integrate_sweep_gpu  # noqa: PLC0415
-
-            rows_d, rows_x, profile, z = integrate_sweep_gpu(sweep, pixels, grid, model, absent, params.integration,
-                                                             backend, background, bar)
-        else:
-            rows_d, rows_x, profile, z = integrate_sweep(sweep, pixels, grid, model, absent, params.integration,
-                                                         background, bar)
-        diffuse.append(rows_d)
-        excluded.append(rows_x)
-        profiles[sweep.batch] = profile
-        zingers += z
+        for frames in plan_blocks(sweep, params.integration, execution.blocks_per_sweep):
+            tasks.append(BlockTask(sweep, mask, dmin, grid, params.integration, frames, execution.engine, threshold,
+                                   None if search is None else search.model, absent, params.background))
+    bar = tqdm(total=sum(len(t.frames) for t in tasks), desc="integrate", unit="frame", disable=not progress)
+    result = run_blocks(tasks, execution, bar)
     bar.close()
+    zingers = result.zingers
     if zingers:
         logger.info("dropped %d zinger pixel-frames (strong pixels far from any allowed reflection)", zingers)
+    profiles = {batch: {"counts": result.profile_counts[batch], "kt": result.profile_kt[batch]}
+                for batch in result.profile_counts}
+    diffuse, excluded = [result.diffuse.rows()], [result.excluded.rows()]
     scale = isotropic_frame_scale(profiles) if params.scale == "isotropic" else None
     volume = crystal.reciprocal_volume
     ndiv = params.integration.ndiv

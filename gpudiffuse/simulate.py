@@ -96,6 +96,9 @@ PRESETS = {
     "small": SimulationParameters(),
     "scaling": SimulationParameters(n_sweeps=2, n_frames=40, exposure=0.4, decay=0.15, absorption=0.06,
                                     module_spread=0.04, offset_level=0.15),
+    # Pilatus 1M (2×5 modules, 981×1043 px), 120 frames of 0.5°, P2₁2₁2₁, 1.7 Å at the corner
+    "1m": SimulationParameters(modules=(2, 5), n_frames=120, distance=180.0, space_group="P 21 21 21",
+                               sub_samples=3),
     "p6m": SimulationParameters(modules=(5, 12), n_frames=50, distance=250.0, dphi=0.1, sub_samples=2,
                                 cell=(60.0, 70.0, 80.0, 90.0, 90.0, 90.0)),
 }
@@ -524,7 +527,7 @@ def format_accuracy(accuracy: dict) -> str:
 def demo(outdir: str, params: SimulationParameters, device: str = "auto", progress: bool = True):
     """Simulate into OUTDIR/data, process into OUTDIR/processed, compare with the truth."""
     from .experiment import ImportParameters  # noqa: PLC0415
-    from .integrate import IntegrationParameters  # noqa: PLC0415
+    from .integration import IntegrationParameters  # noqa: PLC0415
     from .pipeline import ProcessParameters, process  # noqa: PLC0415
 
     data = os.path.join(outdir, "data")

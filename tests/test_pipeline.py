@@ -11,7 +11,7 @@ from gpudiffuse.cli import main
 from gpudiffuse.experiment import ImportParameters
 from gpudiffuse.geometry.vectors import pixel_s_vectors
 from gpudiffuse.geometry.xds import load_xds
-from gpudiffuse.integrate import IntegrationParameters
+from gpudiffuse.integration import IntegrationParameters
 from gpudiffuse.masking.peaks import absent_table, bragg_mask
 from gpudiffuse.pipeline import ProcessParameters, _read_peaks, process
 from gpudiffuse.simulate import compare_with_truth, format_accuracy, load_model, simulate_dataset

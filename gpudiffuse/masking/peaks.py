@@ -34,14 +34,16 @@ CHI2_3DOF_999 = 16.266  # 99.9 % point of χ² with 3 degrees of freedom
 class PeakParameters:
     """threshold : fixed count threshold, or None for the automatic per-resolution one.
     threshold_sigma : z of the automatic threshold. sigma_cutoff : mask radius (Mahalanobis).
-    frame_stride : use every n-th frame in pass 1 (None: about 40 frames per sweep).
+    frame_stride : index strong pixels in every n-th frame (default 1: all frames).
+    threshold_frames : evenly spaced frames the automatic threshold is taken from.
     """
 
     threshold: float | None = None
     threshold_sigma: float = 8.0
     threshold_ratio: float = 2.0
     sigma_cutoff: float = 3.0
-    frame_stride: int | None = None
+    frame_stride: int = 1
+    threshold_frames: int = 20
     hot_pixel_fraction: float = 0.5
 
     def __post_init__(self):
@@ -49,6 +51,9 @@ class PeakParameters:
             raise MaskError(f"peak threshold must be positive, got {self.threshold}")
         if not self.sigma_cutoff > 0:
             raise MaskError(f"sigma_cutoff must be positive, got {self.sigma_cutoff}")
+        if self.frame_stride < 1 or self.threshold_frames < 1:
+            raise MaskError(f"frame_stride and threshold_frames must be at least 1, got {self.frame_stride} "
+                            f"and {self.threshold_frames}")
 
 
 @dataclass(frozen=True)
@@ -151,14 +156,12 @@ def fit_peak_cloud(delta: np.ndarray, sigma_cutoff: float = 3.0, iterations: int
 
 def bragg_mask(hkl: np.ndarray, model: PeakModel, absent: np.ndarray) -> np.ndarray:
     """True where fractional hkl (N, 3) lies within ``model.sigma_cutoff`` Mahalanobis units of an
-    *allowed* reflection; ``absent`` is the table from :func:`absent_table`."""
-    g = np.rint(hkl)
-    near = model.distance2(hkl - g) <= model.sigma_cutoff**2
-    half = np.asarray(absent.shape) // 2
-    gi = g.astype(np.int64) + half
-    in_table = np.all((gi >= 0) & (gi < np.asarray(absent.shape)), axis=1)
-    gi = np.where(in_table[:, None], gi, 0)
-    return near & in_table & ~absent[gi[:, 0], gi[:, 1], gi[:, 2]]
+    *allowed* reflection; ``absent`` is the table from :func:`absent_table`. (The integration
+    engines' own test, :func:`gpudiffuse.integration.engines.numpy_engine.bragg_test`.)"""
+    from ..integration.engines.base import BraggTest  # noqa: PLC0415
+    from ..integration.engines.numpy_engine import bragg_test  # noqa: PLC0415
+
+    return bragg_test(np.asarray(hkl, dtype=np.float64), BraggTest.from_model(model, absent))
 
 
 def absent_table(space_group, hmax) -> np.ndarray:
@@ -184,7 +187,9 @@ class PeakSearch:
 
 
 def find_peaks(experiment, params: PeakParameters, dmin: float | None = None, progress: bool = True) -> PeakSearch:
-    """Pass 1 over (a stride of) the frames of every sweep: threshold, index, fit the cloud."""
+    """Pass 1 over every frame (or every ``frame_stride``-th) of every sweep: the automatic
+    threshold from ``threshold_frames`` evenly spaced frames, then strong ("hot") pixels of each
+    frame indexed and the δ cloud fitted. Pixels hot in most frames are masked for the sweep."""
     from tqdm import tqdm  # noqa: PLC0415
 
     from ..geometry.vectors import s_vectors_from_positions  # noqa: PLC0415
@@ -195,36 +200,36 @@ def find_peaks(experiment, params: PeakParameters, dmin: float | None = None, pr
     total = sum(len(_stride_frames(s, params)) for s in experiment.sweeps)
     bar = tqdm(total=total, desc="find peaks", unit="frame", disable=not progress)
     for sweep, mask in zip(experiment.sweeps, experiment.masks):
-        frames = _stride_frames(sweep, params)
         pix = np.flatnonzero(mask.ravel())
         s = s_vectors_from_positions(sweep.panel.pixel_positions().reshape(-1, 3)[pix], sweep.beam)
         s_norm = np.linalg.norm(s, axis=1)
         if dmin:
             keep = s_norm <= 1.0 / dmin
             pix, s, s_norm = pix[keep], s[keep], s_norm[keep]
-        stack, valid = [], []
+        sample = [chunk.data.reshape(len(chunk.frame_indices), -1)[:, pix]
+                  for chunk in FrameSource(sweep, _sample_frames(sweep, params), chunk_size=8)]
+        sample = np.concatenate(sample)
+        profile = automatic_threshold(sample, frame_valid(sample, sweep.panel.trusted_range), s_norm, params)
+        del sample
+        threshold = profile.per_pixel(s_norm)
+        frames = _stride_frames(sweep, params)
+        strong = _StrongPixels(len(pix))
         for chunk in FrameSource(sweep, frames, chunk_size=8):
-            data = chunk.data.reshape(len(chunk.frame_indices), -1)[:, pix]
-            stack.append(data)
-            valid.append(frame_valid(data, sweep.panel.trusted_range))
+            data = chunk.data.reshape(len(chunk.frame_indices), -1)
+            for i, z in enumerate(chunk.frame_indices):
+                counts = data[i, pix]
+                hot = np.flatnonzero(frame_valid(counts, sweep.panel.trusted_range) & (counts >= threshold))
+                hkl = s[hot] @ np.linalg.inv(sweep.setting_matrix(int(z))).T
+                strong.add(hot, hkl - np.rint(hkl))
             bar.update(len(chunk.frame_indices))
-        stack, valid = np.concatenate(stack), np.concatenate(valid)
-        profile = automatic_threshold(stack, valid, s_norm, params)
-        hot = valid & (stack >= profile.per_pixel(s_norm)[None, :])
-        persistent = hot.sum(axis=0) >= max(3, params.hot_pixel_fraction * len(frames))
+        persistent = strong.hot_frames >= max(3, params.hot_pixel_fraction * len(frames))
         hot_mask = np.zeros(mask.size, bool)
         hot_mask[pix[persistent]] = True
-        sweep_deltas = []
-        for i, z in enumerate(frames):
-            sel = hot[i] & ~persistent
-            if sel.any():
-                hkl = s[sel] @ np.linalg.inv(sweep.setting_matrix(int(z))).T
-                sweep_deltas.append(hkl - np.rint(hkl))
-        d = np.concatenate(sweep_deltas) if sweep_deltas else np.zeros((0, 3))
+        d = strong.deltas(exclude=persistent)
         deltas.append(d)
         thresholds.append(profile)
         hot_masks.append(hot_mask.reshape(mask.shape))
-        per_sweep.append({"n_strong": int(len(d)),
+        per_sweep.append({"n_strong": int(strong.n_seen), "n_frames": int(len(frames)),
                           "median_max_delta": float(np.median(np.abs(d).max(axis=1))) if len(d) else float("nan"),
                           "n_hot_pixels": int(persistent.sum())})
     bar.close()
@@ -237,7 +242,38 @@ def find_peaks(experiment, params: PeakParameters, dmin: float | None = None, pr
     return PeakSearch(model, thresholds, hot_masks, per_sweep)
 
 
-def _stride_frames(sweep, params: PeakParameters) -> np.ndarray:
+class _StrongPixels:
+    """Strong pixel-frames of a sweep: hot-frame count per pixel and (pixel, δ) pairs. Keeps at
+    most ``cap`` pairs by thinning deterministically (every other pair, then every 4th …)."""
+
+    def __init__(self, n_pixels: int, cap: int = 2_000_000):
+        self.hot_frames = np.zeros(n_pixels, np.int32)
+        self.cap, self.step, self.n_seen, self._count = cap, 1, 0, 0
+        self._pixels, self._deltas = [], []
+
+    def add(self, hot: np.ndarray, delta: np.ndarray) -> None:
+        self.hot_frames[hot] += 1
+        keep = (self.n_seen + np.arange(len(hot))) % self.step == 0
+        self.n_seen += len(hot)
+        self._pixels.append(hot[keep].astype(np.int32))
+        self._deltas.append(delta[keep].astype(np.float32))
+        self._count += int(keep.sum())
+        if self._count > self.cap:
+            pixels, deltas = np.concatenate(self._pixels)[::2], np.concatenate(self._deltas)[::2]
+            self._pixels, self._deltas, self._count, self.step = [pixels], [deltas], len(pixels), 2 * self.step
+
+    def deltas(self, exclude: np.ndarray) -> np.ndarray:
+        if not self._pixels:
+            return np.zeros((0, 3))
+        pixels, deltas = np.concatenate(self._pixels), np.concatenate(self._deltas).astype(np.float64)
+        return deltas[~exclude[pixels]]
+
+
+def _sample_frames(sweep, params: PeakParameters) -> np.ndarray:
+    """Evenly spaced frames for the automatic threshold."""
     n = sweep.scan.num_frames
-    stride = params.frame_stride or max(1, n // 40)
-    return np.arange(0, n, stride)
+    return np.unique(np.linspace(0, n - 1, min(n, params.threshold_frames)).round().astype(np.int64))
+
+
+def _stride_frames(sweep, params: PeakParameters) -> np.ndarray:
+    return np.arange(0, sweep.scan.num_frames, params.frame_stride)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from gpudiffuse.experiment import ImportParameters
-from gpudiffuse.integrate import IntegrationParameters
+from gpudiffuse.integration import IntegrationParameters
 from gpudiffuse.merge import merge
 from gpudiffuse.pipeline import ProcessParameters, _read_integrate, fit_observations, process
 from gpudiffuse.scaling import ScaleOptions, apply_scales

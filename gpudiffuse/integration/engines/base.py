@@ -1,0 +1,161 @@
+"""The engine protocol, the sweep context an engine is given, and the engine registry.
+
+An engine turns chunks of raw frames into accumulator sums; the driver
+(:mod:`gpudiffuse.integration.driver`) owns everything else. The protocol::
+
+    engine = ENGINE_CLASS(context)              # upload / prepare the per-sweep constants
+    engine.add(frames, frame_numbers, inverse_setting, exposure)   # any number of chunks
+    sums = engine.flush()                       # EngineSums of the chunks since the last flush
+
+``frames`` (n, n_pixels_in_image) raw counts in the file's integer type; ``inverse_setting``
+(n, 3, 3) the inverse lab setting matrices (hkl = M⁻¹ s) at each frame's mid-angle;
+``exposure`` (n,) seconds. Every engine applies the same per-pixel decision chain
+(valid → Bragg → zinger → voxel → accumulator set), with the same float64 operations in the
+same order, so voxel assignments agree exactly between engines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ...errors import DeviceError
+from ..record import float_fields, int_fields
+
+__all__ = ["SweepContext", "BraggTest", "EngineSums", "RowTable", "register_engine", "engine_class", "ENGINES",
+           "SKIP", "DIFFUSE", "EXCLUDED", "ZINGER"]
+
+# decision codes of a pixel-frame (same values in kernels/gd_decide.cuh)
+SKIP, DIFFUSE, EXCLUDED, ZINGER = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class BraggTest:
+    """The peak-cloud Bragg test: within ``cutoff2`` squared Mahalanobis units of ``offset``
+    (inverse covariance ``inverse_covariance``) from an allowed reflection; ``absent`` uint8 over
+    integer hkl + ``absent_half`` (1 = systematically absent)."""
+
+    offset: np.ndarray
+    inverse_covariance: np.ndarray
+    cutoff2: float
+    absent: np.ndarray
+    absent_half: np.ndarray
+
+    @classmethod
+    def from_model(cls, model, absent) -> "BraggTest | None":
+        if model is None:
+            return None
+        return cls(np.ascontiguousarray(model.offset, dtype=np.float64),
+                   np.ascontiguousarray(model.inverse_covariance, dtype=np.float64), float(model.sigma_cutoff) ** 2,
+                   np.ascontiguousarray(absent, dtype=np.uint8), (np.asarray(absent.shape) // 2).astype(np.int32))
+
+
+@dataclass
+class SweepContext:
+    """Everything per sweep an engine needs besides the frames."""
+
+    pixels: object                  # PixelTable
+    grid: object                    # VoxelGrid
+    bragg: BraggTest | None
+    trusted_range: tuple[float, float]
+    profile_bin: np.ndarray         # (N,) int32 |s| bin of each pixel
+    n_bins: int
+    background: tuple | None = None  # (rate, variance) per used pixel, counts/s and counts²/s²
+    histogram_max: int | None = None
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return (("background",) if self.background is not None else ()) + \
+            (("histogram",) if self.histogram_max is not None else ())
+
+    @property
+    def int_fields(self):
+        return int_fields(self.groups)
+
+    @property
+    def float_fields(self):
+        return float_fields(self.groups)
+
+
+@dataclass
+class EngineSums:
+    """One flush: per accumulator set (0 diffuse, 1 excluded) the voxels with at least one pixel
+    (flat cell index, sub-voxel index, field columns, optional count histogram), the profile of
+    the frames added since the last flush, and the zinger count."""
+
+    sets: tuple[dict, dict]
+    frame_numbers: np.ndarray
+    profile_counts: np.ndarray      # (n, bins)
+    profile_kt: np.ndarray
+    zingers: int
+
+
+class RowTable:
+    """Dense cell → compact row table (DESIGN §6) for host engines, grown on demand."""
+
+    def __init__(self, n_cells: int):
+        self.lut = np.full(n_cells, -1, dtype=np.int64)
+        self._cells: list[np.ndarray] = []
+        self.n_rows = 0
+
+    def assign(self, cells: np.ndarray) -> None:
+        """Give rows to the cells (unique, flat) that have none yet."""
+        new = cells[self.lut[cells] < 0]
+        if new.size:
+            self.lut[new] = np.arange(self.n_rows, self.n_rows + new.size)
+            self._cells.append(new)
+            self.n_rows += int(new.size)
+
+    def cells(self) -> np.ndarray:
+        """Flat cell index of every row, in row order."""
+        return np.concatenate(self._cells) if self._cells else np.zeros(0, np.int64)
+
+    def reset(self) -> None:
+        cells = self.cells()
+        if cells.size:
+            self.lut[cells] = -1
+        self._cells, self.n_rows = [], 0
+
+
+def collect_sets(rows: RowTable, n_sub: int, ints: np.ndarray, floats: np.ndarray, int_names, float_names,
+                 histogram: np.ndarray | None = None) -> tuple[dict, dict]:
+    """Column dicts of the voxels with pixels, from accumulators shaped (2 sets, fields, rows·n_sub)."""
+    size = rows.n_rows * n_sub
+    cells = rows.cells()
+    out = []
+    for s in range(2):
+        seen = np.flatnonzero(ints[s, int_names.index("pixels"), :size] > 0)
+        block = {"cell": cells[seen // n_sub], "sub": seen % n_sub}
+        for j, name in enumerate(int_names):
+            block[name] = ints[s, j, seen].astype(np.int64)
+        for j, name in enumerate(float_names):
+            block[name] = floats[s, j, seen].astype(np.float64)
+        if histogram is not None:
+            block["count_histogram"] = histogram[s, seen].astype(np.int64)
+        out.append(block)
+    return out[0], out[1]
+
+
+ENGINES: dict[str, type] = {}
+
+
+def register_engine(name: str):
+    """Class decorator: make an engine available as ``--engine name``."""
+
+    def wrap(cls):
+        cls.name = name
+        ENGINES[name] = cls
+        return cls
+
+    return wrap
+
+
+def engine_class(name: str):
+    """The engine class registered as ``name`` (importing the engine modules on first use)."""
+    from . import load_all  # noqa: PLC0415
+
+    load_all()
+    if name not in ENGINES:
+        raise DeviceError(f"unknown engine {name!r}; choose one of {', '.join(sorted(ENGINES))}")
+    return ENGINES[name]

@@ -1,0 +1,186 @@
+"""The CUDA engine (CuPy + ``kernels/integrate.cu``).
+
+Per-sweep constants are uploaded once; raw frames travel in their native integer type through
+pinned host buffers, alternating between two CUDA streams so that the copy of chunk i+1
+overlaps the kernels of chunk i. Each chunk runs two launches over all its pixel-frames: one
+marks the cells it touches (rows are then assigned on the device), one accumulates with 64-bit
+integer and float64 atomics into the record's fields (positions from ``kernels/gd_record.cuh``).
+Integer sums are exact, so they equal the other engines' wherever the voxel assignment agrees;
+the kernels are compiled without fused multiply-add so that it does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import EngineSums, collect_sets, register_engine
+
+__all__ = ["CudaEngine"]
+
+_KERNEL_TYPES = {np.dtype(np.uint16): "u16", np.dtype(np.int32): "i32", np.dtype(np.uint32): "u32"}
+_FRAME_PARAMS = np.dtype([("Minv", np.float64, 9), ("exposure", np.float64), ("frame_index", np.float64)])
+_BLOCK = 256
+
+
+def _names():
+    return tuple(f"gd_{kind}_{t}" for kind in ("mark_cells", "accumulate") for t in ("u16", "i32", "u32"))
+
+
+class _DeviceRows:
+    """Cell → row table on the device (same role as RowTable on the host)."""
+
+    def __init__(self, cp, n_cells):
+        self.cp = cp
+        self.lut = cp.full(n_cells, -1, dtype=cp.int64)
+        self.touched = cp.zeros(n_cells, dtype=cp.uint8)
+        self._cells, self.n_rows = [], 0
+
+    def assign_touched(self):
+        cp = self.cp
+        new = cp.flatnonzero((self.touched > 0) & (self.lut < 0))
+        n_new = int(new.size)
+        if n_new:
+            self.lut[new] = cp.arange(self.n_rows, self.n_rows + n_new, dtype=cp.int64)
+            self._cells.append(new)
+            self.n_rows += n_new
+        self.touched[...] = 0
+
+    def cells(self):
+        return self.cp.asnumpy(self.cp.concatenate(self._cells)) if self._cells else np.zeros(0, np.int64)
+
+    def reset(self):
+        if self._cells:
+            self.lut[self.cp.concatenate(self._cells)] = -1
+        self._cells, self.n_rows = [], 0
+
+
+@register_engine("cuda")
+class CudaEngine:
+    """Two kernels per chunk on the GPU; accumulators stay on the device until a flush."""
+
+    @classmethod
+    def available(cls) -> bool:
+        from ...backend import resolve_device  # noqa: PLC0415
+
+        try:
+            resolve_device("gpu")
+        except Exception:
+            return False
+        return True
+
+    def __init__(self, context):
+        from ...backend import load_module, resolve_device  # noqa: PLC0415
+
+        self.cp = cp = resolve_device("gpu").xp
+        self.module = load_module("integrate", _names())
+        self.context = context
+        grid, pix = context.grid, context.pixels
+        self.n_sub = grid.n_sub
+        self.int_names, self.float_names = context.int_fields, context.float_fields
+        self.c_max = -1 if context.histogram_max is None else int(context.histogram_max)
+        up = lambda a, dtype=None: cp.asarray(np.ascontiguousarray(a, dtype=dtype))  # noqa: E731
+        self.d = {"index": up(pix.index, np.int64), "s": up(pix.s, np.float64), "k": up(pix.k, np.float64),
+                  "d3s": up(pix.d3s, np.float64), "ix": up(pix.ix, np.float64), "iy": up(pix.iy, np.float64),
+                  "s_norm": up(pix.s_norm, np.float64),
+                  "threshold": up(np.where(np.isfinite(pix.threshold), pix.threshold, 1e300), np.float64),
+                  "ndiv": up(grid.ndiv, np.int32), "hmax": up(grid.hmax, np.int32),
+                  "profile_bin": up(context.profile_bin, np.int32)}
+        b = context.bragg
+        if b is not None:
+            self.bragg = (np.int32(1), up(b.offset), up(b.inverse_covariance), np.float64(b.cutoff2),
+                          up(b.absent, np.uint8), up(b.absent_half, np.int32))
+        else:
+            self.bragg = (np.int32(0), cp.zeros(3), cp.eye(3), np.float64(0.0), cp.zeros(1, np.uint8),
+                          cp.zeros(3, np.int32))
+        bkg = context.background
+        self.d["bkg_rate"] = up(bkg[0], np.float64) if bkg is not None else cp.zeros(1)
+        self.d["bkg_var"] = up(bkg[1], np.float64) if bkg is not None else cp.zeros(1)
+        self.rows = _DeviceRows(cp, grid.n_cells)
+        self.zingers = cp.zeros(1, dtype=cp.uint64)
+        self.streams = [cp.cuda.Stream(non_blocking=True), cp.cuda.Stream(non_blocking=True)]
+        self.pinned, self.n_chunks = {}, 0
+        self.acc_int = None
+        self._allocate(4096)
+        self._frames, self._pc, self._pk = [], [], []
+
+    def _allocate(self, capacity):
+        cp, size = self.cp, capacity * self.n_sub
+        acc_int = cp.zeros((2, len(self.int_names), size), dtype=cp.uint64)
+        acc_float = cp.zeros((2, len(self.float_names), size), dtype=cp.float64)
+        hist = cp.zeros((2, size if self.c_max >= 0 else 1, max(self.c_max, 0) + 1), dtype=cp.uint64)
+        if self.acc_int is not None:
+            used = self.acc_int.shape[2]
+            acc_int[:, :, :used], acc_float[:, :, :used] = self.acc_int, self.acc_float
+            if self.c_max >= 0:
+                hist[:, :used] = self.hist
+        self.acc_int, self.acc_float, self.hist, self.capacity = acc_int, acc_float, hist, capacity
+
+    def add(self, frames, frame_numbers, inverse_setting, exposure):
+        cp, d, ctx = self.cp, self.d, self.context
+        raw = frames if frames.dtype in _KERNEL_TYPES else frames.astype(np.int32)
+        kind = _KERNEL_TYPES[raw.dtype]
+        slot = self.n_chunks % 2
+        self.n_chunks += 1
+        stream = self.streams[slot]
+        key = (slot, raw.shape, raw.dtype)
+        if key not in self.pinned:
+            memory = cp.cuda.alloc_pinned_memory(raw.nbytes)
+            self.pinned[key] = np.frombuffer(memory, raw.dtype, raw.size).reshape(raw.shape)
+        host = self.pinned[key]
+        n = len(frame_numbers)
+        n_pix = len(ctx.pixels)
+        with stream:
+            stream.synchronize()  # the pinned buffer of this slot is free again
+            host[...] = raw
+            device_frames = cp.asarray(host)  # async H2D on this stream
+            fp = np.zeros(n, _FRAME_PARAMS)
+            fp["Minv"] = np.asarray(inverse_setting, np.float64).reshape(n, 9)
+            fp["exposure"] = exposure
+            fp["frame_index"] = frame_numbers
+            fp_device = cp.asarray(fp.view(np.uint8))
+            grid_dim = ((n * n_pix + _BLOCK - 1) // _BLOCK,)
+            common = (device_frames, np.int32(n), d["index"], np.int32(n_pix), np.int64(raw.shape[1]), d["s"],
+                      d["threshold"], fp_device, d["ndiv"], d["hmax"], *(np.float64(x) for x in ctx.trusted_range),
+                      *self.bragg)
+            self.module.get_function(f"gd_mark_cells_{kind}")(grid_dim, (_BLOCK,), common + (self.rows.touched,))
+            self.rows.assign_touched()
+            if self.rows.n_rows > self.capacity:
+                self._allocate(max(2 * self.capacity, self.rows.n_rows))
+            pc = cp.zeros((n, ctx.n_bins))
+            pk = cp.zeros((n, ctx.n_bins))
+            self.module.get_function(f"gd_accumulate_{kind}")(
+                grid_dim, (_BLOCK,),
+                common + (d["k"], d["d3s"], d["ix"], d["iy"], d["s_norm"], d["bkg_rate"], d["bkg_var"], self.rows.lut,
+                          np.int32(self.n_sub), np.int32(len(self.int_names)), np.int32(len(self.float_names)),
+                          np.int32(self.c_max), self.acc_int, self.acc_float, self.hist,
+                          np.int64(self.capacity * self.n_sub), self.zingers, d["profile_bin"], np.int32(ctx.n_bins),
+                          pc, pk))
+            self._frames.extend(int(z) for z in frame_numbers)
+            self._pc.append(pc)
+            self._pk.append(pk)
+
+    def flush(self) -> EngineSums:
+        cp = self.cp
+        for stream in self.streams:
+            stream.synchronize()
+        size = self.rows.n_rows * self.n_sub
+        ints = cp.asnumpy(self.acc_int[:, :, :size]).astype(np.int64)
+        floats = cp.asnumpy(self.acc_float[:, :, :size])
+        hist = cp.asnumpy(self.hist[:, :size]).astype(np.int64) if self.c_max >= 0 else None
+
+        class _HostRows:  # collect_sets reads n_rows and cells()
+            n_rows = self.rows.n_rows
+            cells = staticmethod(lambda cells=self.rows.cells(): cells)
+
+        sets = collect_sets(_HostRows, self.n_sub, ints, floats, self.int_names, self.float_names, hist)
+        n_bins = self.context.n_bins
+        pc = cp.asnumpy(cp.concatenate(self._pc)) if self._pc else np.zeros((0, n_bins))
+        pk = cp.asnumpy(cp.concatenate(self._pk)) if self._pk else np.zeros((0, n_bins))
+        out = EngineSums(sets, np.asarray(self._frames, np.int64), pc, pk, int(self.zingers.get()[0]))
+        self.rows.reset()
+        self.acc_int[...] = 0
+        self.acc_float[...] = 0
+        self.hist[...] = 0
+        self.zingers[...] = 0
+        self._frames, self._pc, self._pk = [], [], []
+        return out

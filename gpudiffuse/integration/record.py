@@ -1,0 +1,150 @@
+"""The accumulator record: per-voxel sums of the streaming pass, one schema for every engine.
+
+A record is a set of columns keyed by (batch, wedge, H, K, L) — H, K, L the integer voxel
+indices of ``grid`` — in canonical (lexicographic) key order. Records are summable: ``a + b``
+merges rows with equal keys by adding their fields, so the sums of any engine, any block order
+or any Dask worker combine exactly (integer fields bit-exact; float64 fields to rounding, and
+exactly when every key lives in one block, as with blocks of whole wedges).
+
+The schema (:data:`FIELDS`) is the only place the fields are listed; the engines' accumulator
+layouts and the CUDA header ``kernels/gd_record.cuh`` follow its order (checked by a test).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["Field", "FIELDS", "KEY", "AccumulatorRecord", "IntegrationResult", "int_fields", "float_fields",
+           "DEFAULT_HISTOGRAM_MAX"]
+
+DEFAULT_HISTOGRAM_MAX = 20
+
+
+@dataclass(frozen=True)
+class Field:
+    """One accumulated quantity. ``group``: always present (None), only with a background run
+    ("background"), or only when count histograms are collected ("histogram")."""
+
+    name: str
+    dtype: type
+    unit: str
+    doc: str
+    group: str | None = None
+
+
+FIELDS = (
+    Field("counts", np.int64, "counts", "Σ raw counts"),
+    Field("pixels", np.int64, "pixel-frames", "number of pixel-frames"),
+    Field("frame_sum", np.int64, "frames", "Σ 0-based frame index"),
+    Field("kt_sum", np.float64, "sr·s", "Σ K·t, K = Ω·P·E·A the correction product, t the exposure"),
+    Field("d3s_sum", np.float64, "Å⁻³", "Σ reciprocal volume swept per pixel-frame"),
+    Field("ix_sum", np.float64, "px", "Σ fast pixel index"),
+    Field("iy_sum", np.float64, "px", "Σ slow pixel index"),
+    Field("s_sum", np.float64, "Å⁻¹", "Σ |s|"),
+    Field("bkg_sum", np.float64, "counts", "Σ background rate·t", "background"),
+    Field("bkg_var", np.float64, "counts²", "Σ background variance·t²", "background"),
+    Field("overflow_counts", np.int64, "counts", "Σ counts of pixel-frames above the histogram's c_max", "histogram"),
+)
+# count_histogram (rows, c_max + 1) int64: pixel-frames with count c = 0 … c_max (group "histogram")
+KEY = ("batch", "wedge", "H", "K", "L")
+
+
+def _selected(groups):
+    return tuple(f for f in FIELDS if f.group is None or f.group in groups)
+
+
+def int_fields(groups=()) -> tuple[str, ...]:
+    """Integer fields in schema order for the optional groups switched on."""
+    return tuple(f.name for f in _selected(groups) if f.dtype is np.int64)
+
+
+def float_fields(groups=()) -> tuple[str, ...]:
+    return tuple(f.name for f in _selected(groups) if f.dtype is np.float64)
+
+
+@dataclass
+class AccumulatorRecord:
+    """Columns of voxel sums in canonical key order. ``columns`` holds the key columns (int32)
+    and the fields; ``count_histogram`` (rows, c_max + 1) when collected."""
+
+    columns: dict
+
+    @classmethod
+    def from_columns(cls, columns: dict) -> "AccumulatorRecord":
+        """Put arbitrary rows (possibly with repeated keys) into canonical form."""
+        if not columns or len(columns["H"]) == 0:
+            return cls.empty() if not columns else cls(_sorted_unique(columns))
+        return cls(_sorted_unique(columns))
+
+    @classmethod
+    def empty(cls) -> "AccumulatorRecord":
+        return cls({})
+
+    def __len__(self) -> int:
+        return 0 if not self.columns else len(self.columns["H"])
+
+    def __add__(self, other: "AccumulatorRecord") -> "AccumulatorRecord":
+        if not len(other):
+            return self
+        if not len(self):
+            return other
+        if set(self.columns) != set(other.columns):
+            raise ValueError("cannot add accumulator records with different fields "
+                             f"({sorted(self.columns)} vs {sorted(other.columns)})")
+        joined = {k: np.concatenate([self.columns[k], other.columns[k]]) for k in self.columns}
+        return AccumulatorRecord(_sorted_unique(joined))
+
+    def rows(self) -> dict:
+        """The columns as a plain dict (empty dict for an empty record)."""
+        return dict(self.columns)
+
+
+def _sorted_unique(columns: dict) -> dict:
+    """Sort rows by KEY and add the fields of rows with equal keys (integer sums exact)."""
+    keys = np.column_stack([np.asarray(columns[k], dtype=np.int64) for k in KEY])
+    order = np.lexsort(keys.T[::-1])
+    keys = keys[order]
+    if len(keys):
+        first = np.ones(len(keys), bool)
+        first[1:] = np.any(keys[1:] != keys[:-1], axis=1)
+        starts = np.flatnonzero(first)
+    else:
+        starts = np.zeros(0, np.int64)
+    out = {}
+    for k in KEY:
+        out[k] = np.asarray(columns[k])[order][starts].astype(np.int32)
+    for k, values in columns.items():
+        if k in KEY:
+            continue
+        v = np.asarray(values)[order]
+        if len(starts) == len(v):
+            out[k] = v
+        else:
+            out[k] = np.add.reduceat(v, starts, axis=0) if len(v) else v
+    return out
+
+
+@dataclass
+class IntegrationResult:
+    """What the streaming pass returns for a set of frames: diffuse and excluded (Bragg)
+    records, the per-frame isotropic profile of the diffuse pixels (counts and Σ K·t per |s| bin,
+    rows = frames of the sweep), and the number of zinger pixel-frames dropped. Summable."""
+
+    diffuse: AccumulatorRecord
+    excluded: AccumulatorRecord
+    profile_counts: dict = field(default_factory=dict)   # batch -> (n_frames, bins)
+    profile_kt: dict = field(default_factory=dict)
+    zingers: int = 0
+
+    def __add__(self, other: "IntegrationResult") -> "IntegrationResult":
+        counts, kt = dict(self.profile_counts), dict(self.profile_kt)
+        for batch in other.profile_counts:
+            if batch in counts:
+                counts[batch] = counts[batch] + other.profile_counts[batch]
+                kt[batch] = kt[batch] + other.profile_kt[batch]
+            else:
+                counts[batch], kt[batch] = other.profile_counts[batch], other.profile_kt[batch]
+        return IntegrationResult(self.diffuse + other.diffuse, self.excluded + other.excluded, counts, kt,
+                                 self.zingers + other.zingers)
