@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...errors import GridError
 from .base import DIFFUSE, EXCLUDED, ZINGER, EngineSums, RowTable, collect_sets, register_engine
 
 __all__ = ["NumbaEngine"]
 
 PIXELS_PER_TASK = 32768
+BLOCK = 512
 _KERNELS = None
 
 
@@ -35,124 +37,129 @@ def _compile():
     import numba  # noqa: PLC0415
     from numba import njit, prange  # noqa: PLC0415
 
-    @njit(cache=True, inline="always")
-    def decide_one(value, thr, m, sx, sy, sz, ndiv, hmax, min_valid, overload, use_bragg, offset, inv_cov,
-                   cutoff2, absent, absent_half):
-        """(code, flat cell, flat sub) of one pixel-frame: kernels/gd_decide.cuh in numba."""
-        if value < min_valid or value >= overload:
-            return 0, -1, 0
-        h0 = m[0, 0] * sx + m[0, 1] * sy + m[0, 2] * sz
-        h1 = m[1, 0] * sx + m[1, 1] * sy + m[1, 2] * sz
-        h2 = m[2, 0] * sx + m[2, 1] * sy + m[2, 2] * sz
-        bragg = False
-        if use_bragg:
-            g0, g1, g2 = np.rint(h0), np.rint(h1), np.rint(h2)
-            r0 = h0 - g0 - offset[0]
-            r1 = h1 - g1 - offset[1]
-            r2 = h2 - g2 - offset[2]
-            d2 = 0.0
-            d2 += r0 * inv_cov[0, 0] * r0
-            d2 += r0 * inv_cov[0, 1] * r1
-            d2 += r0 * inv_cov[0, 2] * r2
-            d2 += r1 * inv_cov[1, 0] * r0
-            d2 += r1 * inv_cov[1, 1] * r1
-            d2 += r1 * inv_cov[1, 2] * r2
-            d2 += r2 * inv_cov[2, 0] * r0
-            d2 += r2 * inv_cov[2, 1] * r1
-            d2 += r2 * inv_cov[2, 2] * r2
-            if d2 <= cutoff2:
-                a0 = np.int64(g0) + absent_half[0]
-                a1 = np.int64(g1) + absent_half[1]
-                a2 = np.int64(g2) + absent_half[2]
-                if (0 <= a0 < absent.shape[0]) and (0 <= a1 < absent.shape[1]) and (0 <= a2 < absent.shape[2]):
-                    bragg = absent[a0, a1, a2] == 0
-        if not bragg and value >= thr:
-            return 3, -1, 0
-        flat = np.int64(0)
-        sub = np.int64(0)
-        inside = True
-        for a in range(3):
-            n = np.int64(ndiv[a])
-            h = h0 if a == 0 else (h1 if a == 1 else h2)
-            H = np.int64(np.rint(h * np.float64(n)))
-            half = n // 2
-            cell = (H + half) // n
-            s = H + half - cell * n
-            if cell < -hmax[a] or cell > hmax[a]:
-                inside = False
-            flat = flat * (2 * np.int64(hmax[a]) + 1) + (cell + hmax[a])
-            sub = sub * n + s
-        if not inside:
-            return 0, -1, 0
-        return (2 if bragg else 1), flat, sub
-
     @njit(parallel=True, cache=True, nogil=True)
-    def decide_chunk(frames, pixel_index, s, inverse, threshold, ndiv, hmax, min_valid, overload, use_bragg,
+    def decide_chunk(frames, pixel_index, sx, sy, sz, inverse, threshold, ndiv, hmax, min_valid, overload, use_bragg,
                      offset, inv_cov, cutoff2, absent, absent_half, k, exposure, profile_bin, n_bins,
-                     code, cell_out, sub_out, touched, task_profile_counts, task_profile_kt, task_zingers):
+                     packed, touched, task_profile_counts, task_profile_kt, task_zingers):
         n_frames = frames.shape[0]
         n_pix = pixel_index.shape[0]
-        per_frame = (n_pix + PIXELS_PER_TASK - 1) // PIXELS_PER_TASK
-        for task in prange(n_frames * per_frame):
-            f = task // per_frame
-            start = (task % per_frame) * PIXELS_PER_TASK
+        n_tasks = (n_pix + PIXELS_PER_TASK - 1) // PIXELS_PER_TASK
+        n0, n1, n2 = np.float64(ndiv[0]), np.float64(ndiv[1]), np.float64(ndiv[2])
+        half0, half1, half2 = np.float64(ndiv[0] // 2), np.float64(ndiv[1] // 2), np.float64(ndiv[2] // 2)
+        hm0, hm1, hm2 = np.float64(hmax[0]), np.float64(hmax[1]), np.float64(hmax[2])
+        w1, w2 = 2.0 * hm1 + 1.0, 2.0 * hm2 + 1.0
+        o0, o1, o2 = offset[0], offset[1], offset[2]
+        c00, c01, c02 = inv_cov[0, 0], inv_cov[0, 1], inv_cov[0, 2]
+        c10, c11, c12 = inv_cov[1, 0], inv_cov[1, 1], inv_cov[1, 2]
+        c20, c21, c22 = inv_cov[2, 0], inv_cov[2, 1], inv_cov[2, 2]
+        for task in prange(n_tasks):
+            start = task * PIXELS_PER_TASK
             stop = min(start + PIXELS_PER_TASK, n_pix)
-            m = inverse[f]
-            t = exposure[f]
+            g0b = np.empty(BLOCK)
+            g1b = np.empty(BLOCK)
+            g2b = np.empty(BLOCK)
+            d2b = np.empty(BLOCK)
+            flatb = np.empty(BLOCK)
+            subb = np.empty(BLOCK)
             zingers = 0
-            for p in range(start, stop):
-                value = np.float64(frames[f, pixel_index[p]])
-                c, cell, sub = decide_one(value, threshold[p], m, s[p, 0], s[p, 1], s[p, 2], ndiv, hmax, min_valid,
-                                          overload, use_bragg, offset, inv_cov, cutoff2, absent, absent_half)
-                i = f * n_pix + p
-                code[i] = c
-                cell_out[i] = cell
-                sub_out[i] = sub
-                if c == 1 or c == 2:
-                    touched[cell] = 1
-                if c == 1:
-                    task_profile_counts[task, profile_bin[p]] += value
-                    task_profile_kt[task, profile_bin[p]] += k[p] * t
-                elif c == 3:
-                    zingers += 1
+            for f in range(n_frames):
+                m = inverse[f]
+                m00, m01, m02 = m[0, 0], m[0, 1], m[0, 2]
+                m10, m11, m12 = m[1, 0], m[1, 1], m[1, 2]
+                m20, m21, m22 = m[2, 0], m[2, 1], m[2, 2]
+                t = exposure[f]
+                for p0 in range(start, stop, BLOCK):
+                    nb = min(BLOCK, stop - p0)
+                    # branch-free arithmetic of the decision chain (vectorisable): hkl in the kernels'
+                    # order, Mahalanobis distance, voxel split (cell = rint(h), corrected by at most one
+                    # step, equals floor((rint(h·n) + ⌊n/2⌋)/n)); all integers exact in float64
+                    for j in range(nb):
+                        x, y, z = sx[p0 + j], sy[p0 + j], sz[p0 + j]
+                        h0 = m00 * x + m01 * y + m02 * z
+                        h1 = m10 * x + m11 * y + m12 * z
+                        h2 = m20 * x + m21 * y + m22 * z
+                        g0, g1, g2 = np.rint(h0), np.rint(h1), np.rint(h2)
+                        r0, r1, r2 = h0 - g0 - o0, h1 - g1 - o1, h2 - g2 - o2
+                        d2 = r0 * c00 * r0 + r0 * c01 * r1 + r0 * c02 * r2 + r1 * c10 * r0 + r1 * c11 * r1 \
+                            + r1 * c12 * r2 + r2 * c20 * r0 + r2 * c21 * r1 + r2 * c22 * r2
+                        s0 = np.rint(h0 * n0) + half0 - g0 * n0
+                        s1 = np.rint(h1 * n1) + half1 - g1 * n1
+                        s2 = np.rint(h2 * n2) + half2 - g2 * n2
+                        l0 = np.float64(s0 < 0.0) - np.float64(s0 >= n0)
+                        l1 = np.float64(s1 < 0.0) - np.float64(s1 >= n1)
+                        l2 = np.float64(s2 < 0.0) - np.float64(s2 >= n2)
+                        e0, e1, e2 = g0 - l0, g1 - l1, g2 - l2
+                        s0, s1, s2 = s0 + l0 * n0, s1 + l1 * n1, s2 + l2 * n2
+                        inside = (abs(e0) <= hm0) & (abs(e1) <= hm1) & (abs(e2) <= hm2)
+                        flatb[j] = ((e0 + hm0) * w1 + (e1 + hm1)) * w2 + (e2 + hm2) if inside else -1.0
+                        subb[j] = (s0 * n1 + s1) * n2 + s2
+                        g0b[j], g1b[j], g2b[j], d2b[j] = g0, g1, g2, d2
+                    # the decisions
+                    for j in range(nb):
+                        p = p0 + j
+                        i = f * n_pix + p
+                        value = np.float64(frames[f, pixel_index[p]])
+                        packed[i] = -1
+                        if value < min_valid or value >= overload:
+                            continue
+                        bragg = False
+                        if use_bragg and d2b[j] <= cutoff2:
+                            a0 = np.int64(g0b[j]) + absent_half[0]
+                            a1 = np.int64(g1b[j]) + absent_half[1]
+                            a2 = np.int64(g2b[j]) + absent_half[2]
+                            if 0 <= a0 < absent.shape[0] and 0 <= a1 < absent.shape[1] and \
+                                    0 <= a2 < absent.shape[2]:
+                                bragg = absent[a0, a1, a2] == 0
+                        if not bragg and value >= threshold[p]:
+                            zingers += 1
+                            continue
+                        if flatb[j] < 0.0:
+                            continue
+                        cell = np.int64(flatb[j])
+                        packed[i] = (cell << 17) | (np.int64(subb[j]) << 1) | (1 if bragg else 0)
+                        touched[cell] = 1
+                        if not bragg:
+                            b = profile_bin[p]
+                            task_profile_counts[task, f, b] += value
+                            task_profile_kt[task, f, b] += k[p] * t
             task_zingers[task] = zingers
 
     @njit(parallel=True, cache=True, nogil=True)
-    def accumulate_chunk(frames, pixel_index, code, cell_of, sub_of, lut, n_sub, frame_numbers, exposure, k, d3s,
-                         ix, iy, s_norm, with_background, bkg_rate, bkg_var, c_max, ints, floats, hist, n_threads):
+    def accumulate_chunk(frames, pixel_index, packed, lut, owner, n_sub, frame_numbers, exposure, k, d3s, ix, iy, s_norm,
+                         with_background, bkg_rate, bkg_var, c_max, ints, floats, hist, n_threads):
         n_frames = frames.shape[0]
         n_pix = pixel_index.shape[0]
-        total = n_frames * n_pix
         for t in prange(n_threads):
-            for i in range(total):
-                c = code[i]
-                if c != 1 and c != 2:
-                    continue
-                row = lut[cell_of[i]]
-                if row % n_threads != t:
-                    continue
-                f = i // n_pix
-                p = i - f * n_pix
-                key = row * n_sub + sub_of[i]
-                st = c - 1
-                value = np.int64(frames[f, pixel_index[p]])
-                tf = exposure[f]
-                ints[st, 0, key] += value
-                ints[st, 1, key] += 1
-                ints[st, 2, key] += frame_numbers[f]
-                floats[st, 0, key] += k[p] * tf
-                floats[st, 1, key] += d3s[p]
-                floats[st, 2, key] += ix[p]
-                floats[st, 3, key] += iy[p]
-                floats[st, 4, key] += s_norm[p]
-                if with_background:
-                    floats[st, 5, key] += bkg_rate[p] * tf
-                    floats[st, 6, key] += bkg_var[p] * tf * tf
-                if c_max >= 0:
-                    if value > c_max:
-                        ints[st, 3, key] += value
-                    elif value >= 0:
-                        hist[st, key, value] += 1
+            for p in range(n_pix):
+                source = pixel_index[p]
+                for f in range(n_frames):
+                    word = packed[f * n_pix + p]
+                    if word < 0:
+                        continue
+                    cell = word >> 17
+                    if owner[cell] != t:
+                        continue
+                    row = lut[cell]
+                    key = row * n_sub + ((word >> 1) & 0xFFFF)
+                    st = word & 1
+                    tf = exposure[f]
+                    value = np.int64(frames[f, source])
+                    ints[st, 0, key] += value
+                    ints[st, 1, key] += 1
+                    ints[st, 2, key] += frame_numbers[f]
+                    floats[st, 0, key] += k[p] * tf
+                    floats[st, 1, key] += d3s[p]
+                    floats[st, 2, key] += ix[p]
+                    floats[st, 3, key] += iy[p]
+                    floats[st, 4, key] += s_norm[p]
+                    if with_background:
+                        floats[st, 5, key] += bkg_rate[p] * tf
+                        floats[st, 6, key] += bkg_var[p] * tf * tf
+                    if c_max >= 0:
+                        if value > c_max:
+                            ints[st, 3, key] += value
+                        elif value >= 0:
+                            hist[st, key, value] += 1
 
     _KERNELS = (decide_chunk, accumulate_chunk, numba)
     return _KERNELS
@@ -176,8 +183,12 @@ class NumbaEngine:
         self.context = context
         grid, pix = context.grid, context.pixels
         self.n_sub = grid.n_sub
+        if self.n_sub >= 2**16:
+            raise GridError(f"--ndiv {grid.ndiv}: the cpu engine handles at most 65535 sub-voxels per cell; "
+                            "use --engine numpy")
         self.rows = RowTable(grid.n_cells)
         self.touched = np.zeros(grid.n_cells, np.uint8)
+        self.owner = np.zeros(grid.n_cells, np.int64)
         self.int_names, self.float_names = context.int_fields, context.float_fields
         # the kernels write fields by position in schema order
         assert self.int_names[:3] == ("counts", "pixels", "frame_sum")
@@ -190,11 +201,13 @@ class NumbaEngine:
             if b is not None else (False, np.zeros(3), np.eye(3), 0.0, np.zeros((1, 1, 1), np.uint8),
                                    np.zeros(3, np.int64))
         self.pixel_index = pix.index.astype(np.int64)
+        self.s_columns = tuple(np.ascontiguousarray(pix.s[:, a]) for a in range(3))
         self.threshold = np.where(np.isfinite(pix.threshold), pix.threshold, 1e300)
         bkg = context.background
         self.background = (True, bkg[0], bkg[1]) if bkg is not None else (False, np.zeros(1), np.zeros(1))
         self.ints = None
         self._allocate(1024)
+        self._packed = np.empty(0, np.int64)
         self._frames, self._pc, self._pk, self._zingers = [], [], [], 0
 
     def _allocate(self, capacity):
@@ -216,29 +229,30 @@ class NumbaEngine:
         inverse = np.ascontiguousarray(inverse_setting, dtype=np.float64)
         exposure = np.ascontiguousarray(exposure, dtype=np.float64)
         total = n * n_pix
-        code = np.empty(total, np.int8)
-        cell = np.empty(total, np.int64)
-        sub = np.empty(total, np.int64)
-        tasks = n * ((n_pix + PIXELS_PER_TASK - 1) // PIXELS_PER_TASK)
-        task_pc = np.zeros((tasks, ctx.n_bins))
-        task_pk = np.zeros((tasks, ctx.n_bins))
+        if self._packed.size < total:  # cell << 17 | sub << 1 | set, or -1: not accumulated
+            self._packed = np.empty(total, np.int64)
+        packed = self._packed[:total]
+        tasks = (n_pix + PIXELS_PER_TASK - 1) // PIXELS_PER_TASK
+        task_pc = np.zeros((tasks, n, ctx.n_bins))
+        task_pk = np.zeros((tasks, n, ctx.n_bins))
         task_z = np.zeros(tasks, np.int64)
-        self.decide_chunk(frames, self.pixel_index, pix.s, inverse, self.threshold, self.ndiv, self.hmax,
+        self.decide_chunk(frames, self.pixel_index, *self.s_columns, inverse, self.threshold, self.ndiv, self.hmax,
                           *ctx.trusted_range, *self.bragg_args, pix.k, exposure, ctx.profile_bin, ctx.n_bins,
-                          code, cell, sub, self.touched, task_pc, task_pk, task_z)
+                          packed, self.touched, task_pc, task_pk, task_z)
         touched = np.flatnonzero(self.touched)
         self.touched[touched] = 0
         self.rows.assign(touched)
+        # the thread that accumulates a cell's voxels: rows dealt round-robin
+        self.owner[touched] = self.rows.lut[touched] % self.n_threads
         if self.rows.n_rows > self.capacity:
             self._allocate(max(2 * self.capacity, self.rows.n_rows))
-        self.accumulate_chunk(frames, self.pixel_index, code, cell, sub, self.rows.lut, self.n_sub,
+        self.accumulate_chunk(frames, self.pixel_index, packed, self.rows.lut, self.owner, self.n_sub,
                               np.asarray(frame_numbers, np.int64), exposure, pix.k, pix.d3s, pix.ix, pix.iy,
                               pix.s_norm, *self.background, self.c_max, self.ints, self.floats, self.hist,
                               self.n_threads)
-        per_frame = tasks // n
         self._frames.extend(int(z) for z in frame_numbers)
-        self._pc.append(task_pc.reshape(n, per_frame, -1).sum(axis=1))
-        self._pk.append(task_pk.reshape(n, per_frame, -1).sum(axis=1))
+        self._pc.append(task_pc.sum(axis=0))
+        self._pk.append(task_pk.sum(axis=0))
         self._zingers += int(task_z.sum())
 
     def flush(self) -> EngineSums:
@@ -249,7 +263,13 @@ class NumbaEngine:
                          np.concatenate(self._pc) if self._pc else np.zeros((0, n_bins)),
                          np.concatenate(self._pk) if self._pk else np.zeros((0, n_bins)), self._zingers)
         self.rows.reset()
-        self.ints = None
-        self._allocate(1024)
+        self._clear()
         self._frames, self._pc, self._pk, self._zingers = [], [], [], 0
         return out
+
+    def _clear(self):
+        """Zero the used part of the accumulators, keeping their capacity for the next wedge."""
+        self.ints[...] = 0
+        self.floats[...] = 0
+        if self.c_max >= 0:
+            self.hist[...] = 0
