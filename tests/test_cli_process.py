@@ -103,3 +103,33 @@ def test_background_is_subtracted(tiny_dataset, tmp_path, capsys):
 
     expected = folder_cc_half(tmp_path / "sub", subtracted)
     np.testing.assert_allclose(printed_unscaled_cc_half(stdout, len(expected)), expected, atol=5e-5)
+
+
+def test_engines_and_process_pools_give_the_same_map(tiny_dataset, tmp_path, capsys):
+    """--engine numpy in a pool of 2 processes (blocks of wedges) and the default compiled engine
+    write the same merged.nxs: integer columns equal, intensities within 1e-12."""
+    import h5py
+
+    merged = {}
+    for name, extra in (("cpu", []), ("numpy", ["--engine", "numpy", "--nproc", "2", "--wedge", "1"])):
+        out = tmp_path / name
+        wedge = [] if extra else ["--wedge", "1"]
+        code, _, err = run(capsys, "--xds", str(tiny_dataset), "-o", str(out), "--device", "cpu", "--scale", "none",
+                           *wedge, *extra)
+        assert code == 0, err
+        with h5py.File(out / "merged.nxs") as f:
+            merged[name] = {k: f["entry/merged"][k][()] for k in ("h", "k", "l", "n", "intensity", "sigma")}
+    for key in ("h", "k", "l", "n"):
+        np.testing.assert_array_equal(merged["cpu"][key], merged["numpy"][key])
+    for key in ("intensity", "sigma"):
+        np.testing.assert_allclose(merged["cpu"][key], merged["numpy"][key], rtol=1e-12)
+
+
+def test_bad_engine_options(tiny_dataset, tmp_path, capsys):
+    expect_failure(capsys, tmp_path, ["--xds", str(tiny_dataset), "--nproc", "0"], "--nproc must be at least 1, got 0")
+    expect_failure(capsys, tmp_path, ["--xds", str(tiny_dataset), "--wedge", "-2"],
+                   "--wedge must be a positive rotation in degrees, got -2")
+    from conftest import gpu_available
+
+    if not gpu_available():
+        expect_failure(capsys, tmp_path, ["--xds", str(tiny_dataset), "--engine", "cuda"], "--engine cuda cannot run")

@@ -74,8 +74,8 @@ class AccumulatorRecord:
     @classmethod
     def from_columns(cls, columns: dict) -> "AccumulatorRecord":
         """Put arbitrary rows (possibly with repeated keys) into canonical form."""
-        if not columns or len(columns["H"]) == 0:
-            return cls.empty() if not columns else cls(_sorted_unique(columns))
+        if not columns:
+            return cls.empty()
         return cls(_sorted_unique(columns))
 
     @classmethod
@@ -104,7 +104,7 @@ class AccumulatorRecord:
 def _sorted_unique(columns: dict) -> dict:
     """Sort rows by KEY and add the fields of rows with equal keys (integer sums exact)."""
     keys = np.column_stack([np.asarray(columns[k], dtype=np.int64) for k in KEY])
-    order = np.lexsort(keys.T[::-1])
+    order = _key_order(keys)
     keys = keys[order]
     if len(keys):
         first = np.ones(len(keys), bool)
@@ -124,6 +124,20 @@ def _sorted_unique(columns: dict) -> dict:
         else:
             out[k] = np.add.reduceat(v, starts, axis=0) if len(v) else v
     return out
+
+
+def _key_order(keys: np.ndarray) -> np.ndarray:
+    """Lexicographic order of the key rows: one int64 sort of a mixed-radix code when it fits."""
+    if not len(keys):
+        return np.zeros(0, np.int64)
+    low, high = keys.min(axis=0), keys.max(axis=0)
+    spans = (high - low + 1).astype(object)
+    if np.prod(spans) < 2**62:
+        code = np.zeros(len(keys), np.int64)
+        for j in range(keys.shape[1]):
+            code = code * int(spans[j]) + (keys[:, j] - low[j])
+        return np.argsort(code, kind="stable")
+    return np.lexsort(keys.T[::-1])
 
 
 @dataclass
