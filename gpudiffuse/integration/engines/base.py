@@ -23,7 +23,7 @@ import numpy as np
 from ...errors import DeviceError
 from ..record import float_fields, int_fields
 
-__all__ = ["SweepContext", "BraggTest", "EngineSums", "RowTable", "register_engine", "engine_class", "ENGINES",
+__all__ = ["SweepContext", "BraggTest", "EngineSums", "RowTable", "HostAccumulators", "collect_sets", "register_engine", "engine_class", "ENGINES",
            "SKIP", "DIFFUSE", "EXCLUDED", "ZINGER"]
 
 # decision codes of a pixel-frame (same values in kernels/gd_decide.cuh)
@@ -116,6 +116,50 @@ class RowTable:
         if cells.size:
             self.lut[cells] = -1
         self._cells, self.n_rows = [], 0
+
+
+class HostAccumulators:
+    """The two accumulator sets of a host engine: ``ints`` (2, int fields, rows·n_sub),
+    ``floats`` (2, float fields, rows·n_sub), ``hist`` (2, rows·n_sub, c_max + 1) — a (2, 1, 1)
+    placeholder when histograms are off (c_max < 0) — over the rows of ``rows``, grown on demand."""
+
+    def __init__(self, context):
+        self.n_sub = context.grid.n_sub
+        self.rows = RowTable(context.grid.n_cells)
+        self.int_names, self.float_names = context.int_fields, context.float_fields
+        self.c_max = -1 if context.histogram_max is None else int(context.histogram_max)
+        self.ints = self.floats = self.hist = None
+        self._allocate(1024)
+
+    def _allocate(self, capacity):
+        size = capacity * self.n_sub
+        ints = np.zeros((2, len(self.int_names), size), np.int64)
+        floats = np.zeros((2, len(self.float_names), size), np.float64)
+        hist = np.zeros((2, size if self.c_max >= 0 else 1, max(self.c_max, 0) + 1), np.int64)
+        if self.ints is not None:
+            used = self.ints.shape[2]
+            ints[:, :, :used], floats[:, :, :used] = self.ints, self.floats
+            if self.c_max >= 0:
+                hist[:, :used] = self.hist
+        self.ints, self.floats, self.hist, self.capacity = ints, floats, hist, capacity
+
+    def assign(self, cells: np.ndarray) -> None:
+        """Rows for the cells (unique, flat) that have none; grow the arrays if needed."""
+        self.rows.assign(cells)
+        if self.rows.n_rows > self.capacity:
+            self._allocate(max(2 * self.capacity, self.rows.n_rows))
+
+    def collect_and_clear(self) -> tuple[dict, dict]:
+        """The voxels with pixels of both sets; then empty, keeping the capacity."""
+        sets = collect_sets(self.rows, self.n_sub, self.ints, self.floats, self.int_names, self.float_names,
+                            self.hist if self.c_max >= 0 else None)
+        used = self.rows.n_rows * self.n_sub
+        self.rows.reset()
+        self.ints[:, :, :used] = 0
+        self.floats[:, :, :used] = 0
+        if self.c_max >= 0:
+            self.hist[:, :used] = 0
+        return sets
 
 
 def collect_sets(rows: RowTable, n_sub: int, ints: np.ndarray, floats: np.ndarray, int_names, float_names,

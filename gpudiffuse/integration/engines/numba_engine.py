@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import GridError
-from .base import DIFFUSE, EXCLUDED, ZINGER, EngineSums, RowTable, collect_sets, register_engine
+from .base import EngineSums, HostAccumulators, register_engine
 
 __all__ = ["NumbaEngine"]
 
@@ -186,14 +186,12 @@ class NumbaEngine:
         if self.n_sub >= 2**16:
             raise GridError(f"--ndiv {grid.ndiv}: the cpu engine handles at most 65535 sub-voxels per cell; "
                             "use --engine numpy")
-        self.rows = RowTable(grid.n_cells)
+        self.acc = HostAccumulators(context)
         self.touched = np.zeros(grid.n_cells, np.uint8)
         self.owner = np.zeros(grid.n_cells, np.int64)
-        self.int_names, self.float_names = context.int_fields, context.float_fields
         # the kernels write fields by position in schema order
-        assert self.int_names[:3] == ("counts", "pixels", "frame_sum")
-        assert self.float_names[:5] == ("kt_sum", "d3s_sum", "ix_sum", "iy_sum", "s_sum")
-        self.c_max = -1 if context.histogram_max is None else int(context.histogram_max)
+        assert self.acc.int_names[:3] == ("counts", "pixels", "frame_sum")
+        assert self.acc.float_names[:5] == ("kt_sum", "d3s_sum", "ix_sum", "iy_sum", "s_sum")
         self.ndiv = np.asarray(grid.ndiv, np.int64)
         self.hmax = np.asarray(grid.hmax, np.int64)
         b = context.bragg
@@ -205,22 +203,8 @@ class NumbaEngine:
         self.threshold = np.where(np.isfinite(pix.threshold), pix.threshold, 1e300)
         bkg = context.background
         self.background = (True, bkg[0], bkg[1]) if bkg is not None else (False, np.zeros(1), np.zeros(1))
-        self.ints = None
-        self._allocate(1024)
         self._packed = np.empty(0, np.int64)
         self._frames, self._pc, self._pk, self._zingers = [], [], [], 0
-
-    def _allocate(self, capacity):
-        size = capacity * self.n_sub
-        ints = np.zeros((2, len(self.int_names), size), np.int64)
-        floats = np.zeros((2, len(self.float_names), size), np.float64)
-        hist = np.zeros((2, size if self.c_max >= 0 else 1, max(self.c_max, 0) + 1), np.int64)
-        if self.ints is not None:
-            used = self.ints.shape[2]
-            ints[:, :, :used], floats[:, :, :used] = self.ints, self.floats
-            if self.c_max >= 0:
-                hist[:, :used] = self.hist
-        self.ints, self.floats, self.hist, self.capacity = ints, floats, hist, capacity
 
     def add(self, frames, frame_numbers, inverse_setting, exposure):
         ctx, pix = self.context, self.context.pixels
@@ -241,14 +225,13 @@ class NumbaEngine:
                           packed, self.touched, task_pc, task_pk, task_z)
         touched = np.flatnonzero(self.touched)
         self.touched[touched] = 0
-        self.rows.assign(touched)
+        acc = self.acc
+        acc.assign(touched)
         # the thread that accumulates a cell's voxels: rows dealt round-robin
-        self.owner[touched] = self.rows.lut[touched] % self.n_threads
-        if self.rows.n_rows > self.capacity:
-            self._allocate(max(2 * self.capacity, self.rows.n_rows))
-        self.accumulate_chunk(frames, self.pixel_index, packed, self.rows.lut, self.owner, self.n_sub,
+        self.owner[touched] = acc.rows.lut[touched] % self.n_threads
+        self.accumulate_chunk(frames, self.pixel_index, packed, acc.rows.lut, self.owner, self.n_sub,
                               np.asarray(frame_numbers, np.int64), exposure, pix.k, pix.d3s, pix.ix, pix.iy,
-                              pix.s_norm, *self.background, self.c_max, self.ints, self.floats, self.hist,
+                              pix.s_norm, *self.background, acc.c_max, acc.ints, acc.floats, acc.hist,
                               self.n_threads)
         self._frames.extend(int(z) for z in frame_numbers)
         self._pc.append(task_pc.sum(axis=0))
@@ -256,20 +239,10 @@ class NumbaEngine:
         self._zingers += int(task_z.sum())
 
     def flush(self) -> EngineSums:
-        sets = collect_sets(self.rows, self.n_sub, self.ints, self.floats, self.int_names, self.float_names,
-                            self.hist if self.c_max >= 0 else None)
+        sets = self.acc.collect_and_clear()
         n_bins = self.context.n_bins
         out = EngineSums(sets, np.asarray(self._frames, np.int64),
                          np.concatenate(self._pc) if self._pc else np.zeros((0, n_bins)),
                          np.concatenate(self._pk) if self._pk else np.zeros((0, n_bins)), self._zingers)
-        self.rows.reset()
-        self._clear()
         self._frames, self._pc, self._pk, self._zingers = [], [], [], 0
         return out
-
-    def _clear(self):
-        """Zero the used part of the accumulators, keeping their capacity for the next wedge."""
-        self.ints[...] = 0
-        self.floats[...] = 0
-        if self.c_max >= 0:
-            self.hist[...] = 0

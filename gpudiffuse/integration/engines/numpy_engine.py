@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import DIFFUSE, EXCLUDED, SKIP, ZINGER, EngineSums, RowTable, collect_sets, register_engine
+from .base import DIFFUSE, EXCLUDED, SKIP, ZINGER, EngineSums, HostAccumulators, register_engine
 
 __all__ = ["NumpyEngine", "decide", "pixel_hkl", "bragg_test"]
 
@@ -61,23 +61,9 @@ class NumpyEngine:
     def __init__(self, context):
         self.context = context
         self.n_sub = context.grid.n_sub
-        self.rows = RowTable(context.grid.n_cells)
-        self.int_names, self.float_names = context.int_fields, context.float_fields
+        self.acc = HostAccumulators(context)
         self.c_max = context.histogram_max
-        self._allocate(1024)
         self._frames, self._pc, self._pk, self._zingers = [], [], [], 0
-
-    def _allocate(self, capacity):
-        size = capacity * self.n_sub
-        ints = np.zeros((2, len(self.int_names), size), np.int64)
-        floats = np.zeros((2, len(self.float_names), size), np.float64)
-        hist = None if self.c_max is None else np.zeros((2, size, self.c_max + 1), np.int64)
-        if getattr(self, "ints", None) is not None:
-            used = self.ints.shape[2]
-            ints[:, :, :used], floats[:, :, :used] = self.ints, self.floats
-            if hist is not None:
-                hist[:, :used] = self.hist
-        self.ints, self.floats, self.hist, self.capacity = ints, floats, hist, capacity
 
     def add(self, frames, frame_numbers, inverse_setting, exposure):
         ctx, pix = self.context, self.context.pixels
@@ -88,13 +74,11 @@ class NumpyEngine:
             code, cell, sub = decide(counts, hkl, pix.threshold, ctx.grid, ctx.bragg, ctx.trusted_range)
             self._zingers += int(np.count_nonzero(code == ZINGER))
             used = (code == DIFFUSE) | (code == EXCLUDED)
-            self.rows.assign(np.unique(cell[used]))
-            if self.rows.n_rows > self.capacity:
-                self._allocate(max(2 * self.capacity, self.rows.n_rows))
+            self.acc.assign(np.unique(cell[used]))
             t = float(exposure[i])
             for s, wanted in enumerate((DIFFUSE, EXCLUDED)):
                 idx = np.flatnonzero(code == wanted)
-                self._accumulate(s, idx, counts[idx], self.rows.lut[cell[idx]] * self.n_sub + sub[idx], float(z), t)
+                self._accumulate(s, idx, counts[idx], self.acc.rows.lut[cell[idx]] * self.n_sub + sub[idx], float(z), t)
                 if wanted == DIFFUSE:
                     self._frames.append(int(z))
                     b = ctx.profile_bin[idx]
@@ -102,7 +86,8 @@ class NumpyEngine:
                     self._pk.append(np.bincount(b, weights=pix.k[idx] * t, minlength=ctx.n_bins))
 
     def _accumulate(self, s, idx, counts, key, z, t):
-        pix, size = self.context.pixels, self.rows.n_rows * self.n_sub
+        pix, acc = self.context.pixels, self.acc
+        size = acc.rows.n_rows * self.n_sub
         c = counts.astype(np.int64)
         values = {"counts": c, "pixels": np.ones(idx.size, np.int64), "frame_sum": np.full(idx.size, int(z)),
                   "kt_sum": pix.k[idx] * t, "d3s_sum": pix.d3s[idx], "ix_sum": pix.ix[idx], "iy_sum": pix.iy[idx],
@@ -114,22 +99,18 @@ class NumpyEngine:
             over = c > self.c_max
             values["overflow_counts"] = np.where(over, c, 0)
             inside = ~over & (c >= 0)
-            np.add.at(self.hist[s], (key[inside], c[inside]), 1)
-        for j, name in enumerate(self.int_names):
+            np.add.at(acc.hist[s], (key[inside], c[inside]), 1)
+        for j, name in enumerate(acc.int_names):
             # integer sums exact as long as a voxel's total stays below 2⁵³ (bincount sums in float64)
-            self.ints[s, j, :size] += np.rint(np.bincount(key, weights=values[name], minlength=size)).astype(np.int64)
-        for j, name in enumerate(self.float_names):
-            self.floats[s, j, :size] += np.bincount(key, weights=values[name], minlength=size)
+            acc.ints[s, j, :size] += np.rint(np.bincount(key, weights=values[name], minlength=size)).astype(np.int64)
+        for j, name in enumerate(acc.float_names):
+            acc.floats[s, j, :size] += np.bincount(key, weights=values[name], minlength=size)
 
     def flush(self) -> EngineSums:
-        sets = collect_sets(self.rows, self.n_sub, self.ints, self.floats, self.int_names, self.float_names,
-                            self.hist)
+        sets = self.acc.collect_and_clear()
         n_bins = self.context.n_bins
         out = EngineSums(sets, np.asarray(self._frames, np.int64),
                          np.asarray(self._pc).reshape(-1, n_bins), np.asarray(self._pk).reshape(-1, n_bins),
                          self._zingers)
-        self.rows.reset()
-        self.ints = None
-        self._allocate(1024)
         self._frames, self._pc, self._pk, self._zingers = [], [], [], 0
         return out
