@@ -119,9 +119,10 @@ class RowTable:
 
 
 class HostAccumulators:
-    """The two accumulator sets of a host engine: ``ints`` (2, int fields, rows·n_sub),
-    ``floats`` (2, float fields, rows·n_sub), ``hist`` (2, rows·n_sub, c_max + 1) — a (2, 1, 1)
-    placeholder when histograms are off (c_max < 0) — over the rows of ``rows``, grown on demand."""
+    """The two accumulator sets of a host engine: ``ints`` (2, rows·n_sub, int fields),
+    ``floats`` (2, rows·n_sub, float fields), ``hist`` (2, rows·n_sub, c_max + 1) — a (2, 1, 1)
+    placeholder when histograms are off (c_max < 0) — over the rows of ``rows``, grown on demand.
+    Voxel-major, so that one pixel-frame's scattered additions share cache lines."""
 
     def __init__(self, context):
         self.n_sub = context.grid.n_sub
@@ -133,12 +134,12 @@ class HostAccumulators:
 
     def _allocate(self, capacity):
         size = capacity * self.n_sub
-        ints = np.zeros((2, len(self.int_names), size), np.int64)
-        floats = np.zeros((2, len(self.float_names), size), np.float64)
+        ints = np.zeros((2, size, len(self.int_names)), np.int64)
+        floats = np.zeros((2, size, len(self.float_names)), np.float64)
         hist = np.zeros((2, size if self.c_max >= 0 else 1, max(self.c_max, 0) + 1), np.int64)
         if self.ints is not None:
-            used = self.ints.shape[2]
-            ints[:, :, :used], floats[:, :, :used] = self.ints, self.floats
+            used = self.ints.shape[1]
+            ints[:, :used], floats[:, :used] = self.ints, self.floats
             if self.c_max >= 0:
                 hist[:, :used] = self.hist
         self.ints, self.floats, self.hist, self.capacity = ints, floats, hist, capacity
@@ -155,8 +156,8 @@ class HostAccumulators:
                             self.hist if self.c_max >= 0 else None)
         used = self.rows.n_rows * self.n_sub
         self.rows.reset()
-        self.ints[:, :, :used] = 0
-        self.floats[:, :, :used] = 0
+        self.ints[:, :used] = 0
+        self.floats[:, :used] = 0
         if self.c_max >= 0:
             self.hist[:, :used] = 0
         return sets
@@ -164,17 +165,17 @@ class HostAccumulators:
 
 def collect_sets(rows: RowTable, n_sub: int, ints: np.ndarray, floats: np.ndarray, int_names, float_names,
                  histogram: np.ndarray | None = None) -> tuple[dict, dict]:
-    """Column dicts of the voxels with pixels, from accumulators shaped (2 sets, fields, rows·n_sub)."""
+    """Column dicts of the voxels with pixels, from accumulators shaped (2 sets, rows·n_sub, fields)."""
     size = rows.n_rows * n_sub
     cells = rows.cells()
     out = []
     for s in range(2):
-        seen = np.flatnonzero(ints[s, int_names.index("pixels"), :size] > 0)
+        seen = np.flatnonzero(ints[s, :size, int_names.index("pixels")] > 0)
         block = {"cell": cells[seen // n_sub], "sub": seen % n_sub}
         for j, name in enumerate(int_names):
-            block[name] = ints[s, j, seen].astype(np.int64)
+            block[name] = ints[s, seen, j].astype(np.int64)
         for j, name in enumerate(float_names):
-            block[name] = floats[s, j, seen].astype(np.float64)
+            block[name] = floats[s, seen, j].astype(np.float64)
         if histogram is not None:
             block["count_histogram"] = histogram[s, seen].astype(np.int64)
         out.append(block)

@@ -164,8 +164,9 @@ class CudaEngine:
         for stream in self.streams:
             stream.synchronize()
         size = self.rows.n_rows * self.n_sub
-        ints = cp.asnumpy(self.acc_int[:, :, :size]).astype(np.int64)
-        floats = cp.asnumpy(self.acc_float[:, :, :size])
+        # device layout (set, field, voxel) for coalescing; collect_sets takes (set, voxel, field)
+        ints = cp.asnumpy(self.acc_int[:, :, :size]).astype(np.int64).transpose(0, 2, 1)
+        floats = cp.asnumpy(self.acc_float[:, :, :size]).transpose(0, 2, 1)
         hist = cp.asnumpy(self.hist[:, :size]).astype(np.int64) if self.c_max >= 0 else None
 
         class _HostRows:  # collect_sets reads n_rows and cells()

@@ -144,20 +144,20 @@ def _compile():
                     st = word & 1
                     tf = exposure[f]
                     value = np.int64(frames[f, source])
-                    ints[st, 0, key] += value
-                    ints[st, 1, key] += 1
-                    ints[st, 2, key] += frame_numbers[f]
-                    floats[st, 0, key] += k[p] * tf
-                    floats[st, 1, key] += d3s[p]
-                    floats[st, 2, key] += ix[p]
-                    floats[st, 3, key] += iy[p]
-                    floats[st, 4, key] += s_norm[p]
+                    ints[st, key, 0] += value
+                    ints[st, key, 1] += 1
+                    ints[st, key, 2] += frame_numbers[f]
+                    floats[st, key, 0] += k[p] * tf
+                    floats[st, key, 1] += d3s[p]
+                    floats[st, key, 2] += ix[p]
+                    floats[st, key, 3] += iy[p]
+                    floats[st, key, 4] += s_norm[p]
                     if with_background:
-                        floats[st, 5, key] += bkg_rate[p] * tf
-                        floats[st, 6, key] += bkg_var[p] * tf * tf
+                        floats[st, key, 5] += bkg_rate[p] * tf
+                        floats[st, key, 6] += bkg_var[p] * tf * tf
                     if c_max >= 0:
                         if value > c_max:
-                            ints[st, 3, key] += value
+                            ints[st, key, 3] += value
                         elif value >= 0:
                             hist[st, key, value] += 1
 

@@ -74,7 +74,8 @@ class NumpyEngine:
             code, cell, sub = decide(counts, hkl, pix.threshold, ctx.grid, ctx.bragg, ctx.trusted_range)
             self._zingers += int(np.count_nonzero(code == ZINGER))
             used = (code == DIFFUSE) | (code == EXCLUDED)
-            self.acc.assign(np.unique(cell[used]))
+            cells = cell[used]
+            self.acc.assign(np.unique(cells[self.acc.rows.lut[cells] < 0]))  # sort only the new cells
             t = float(exposure[i])
             for s, wanted in enumerate((DIFFUSE, EXCLUDED)):
                 idx = np.flatnonzero(code == wanted)
@@ -102,9 +103,9 @@ class NumpyEngine:
             np.add.at(acc.hist[s], (key[inside], c[inside]), 1)
         for j, name in enumerate(acc.int_names):
             # integer sums exact as long as a voxel's total stays below 2⁵³ (bincount sums in float64)
-            acc.ints[s, j, :size] += np.rint(np.bincount(key, weights=values[name], minlength=size)).astype(np.int64)
+            acc.ints[s, :size, j] += np.rint(np.bincount(key, weights=values[name], minlength=size)).astype(np.int64)
         for j, name in enumerate(acc.float_names):
-            acc.floats[s, j, :size] += np.bincount(key, weights=values[name], minlength=size)
+            acc.floats[s, :size, j] += np.bincount(key, weights=values[name], minlength=size)
 
     def flush(self) -> EngineSums:
         sets = self.acc.collect_and_clear()
