@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "with absorption, module factors and an additive offset (DIALS .expt only); "
                         "1m: Pilatus 1M, 120 frames of 0.5°, P212121; p6m: Pilatus 6M, 50 frames of 0.1°")
     p.add_argument("--frames", type=int, help="number of frames (default from the preset)")
+    p.add_argument("--format", default="cbf", choices=["cbf", "eiger"],
+                   help="cbf: one Pilatus CBF per frame (default); eiger: an NXmx master file linking "
+                        "bitshuffle-LZ4 data files of 10 frames, with pixel_mask, as an Eiger file writer does")
     p.add_argument("--ndiv", type=int, nargs=3, default=[3, 3, 3], metavar="N", help="grid of the saved truth")
     p.add_argument("--seed", type=int, help="random seed (default from the preset)")
 
@@ -257,7 +260,7 @@ def _run_simulate(args):
         overrides["seed"] = args.seed
     if os.path.exists(os.path.join(args.outdir, "XDS.INP")):
         raise GpudiffuseError(f"{args.outdir} already holds a dataset; choose an empty folder")
-    simulate_dataset(args.outdir, PRESETS[args.preset], ndiv=tuple(args.ndiv), **overrides)
+    simulate_dataset(args.outdir, PRESETS[args.preset], ndiv=tuple(args.ndiv), image_format=args.format, **overrides)
     print(f"simulated dataset written to {args.outdir} (XDS.INP, GXPARM.XDS, experiments.expt, truth.h5)")
 
 

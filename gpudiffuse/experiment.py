@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import h5py
 import numpy as np
@@ -19,9 +19,10 @@ from .geometry.serialize import read_sweeps, write_sweep_group
 from .geometry.vectors import edge_resolution
 from .geometry.xds import load_xds
 from .io.images import read_image
+from .io.nxmx import flag_value, is_master, open_master
 from .io.nexus import atomic_nexus, write_provenance
 from .masking.layout import layout_for_size
-from .masking.pixel import Beamstop, static_pixel_mask
+from .masking.pixel import Beamstop, mask_sources
 
 __all__ = ["ImportParameters", "Experiment", "load_geometry", "import_experiment", "read_experiment", "summarise"]
 
@@ -68,6 +69,7 @@ class Experiment:
 
     sweeps: list[Sweep]
     masks: list[np.ndarray] = field(default_factory=list)
+    mask_sources: list = field(default_factory=list)   # per sweep: (source, masked pixels), at import
 
     @property
     def space_group(self):
@@ -87,13 +89,15 @@ def load_geometry(params: ImportParameters) -> list[Sweep]:
     return sweeps
 
 
-def build_masks(sweeps: list[Sweep], params: ImportParameters) -> list[np.ndarray]:
-    """Static pixel mask of each sweep, from its first frame; checks image size and readability."""
-    masks = []
+def build_masks(sweeps: list[Sweep], params: ImportParameters) -> tuple[list[Sweep], list[np.ndarray], list[list]]:
+    """Static pixel mask of each sweep, from its first frame and (Eiger/NXmx) the master's pixel_mask;
+    checks image size and readability. Returns the sweeps (trusted range capped below the frames'
+    flag value), the masks and, per sweep, the mask sources as (source, masked pixel count)."""
+    masks, reports, checked = [], [], []
     beamstop = params.beamstop()
-    cache: dict = {}
     for sweep in sweeps:
-        first = read_image(sweep.images[0], None if sweep.image_indices is None else sweep.image_indices[0])
+        index = None if sweep.image_indices is None else sweep.image_indices[0]
+        first = read_image(sweep.images[0], index)
         if first.shape != sweep.panel.shape:
             raise GeometryError(
                 f"image {sweep.images[0]} is {first.shape[1]}x{first.shape[0]} pixels but the geometry "
@@ -101,22 +105,29 @@ def build_masks(sweeps: list[Sweep], params: ImportParameters) -> list[np.ndarra
             )
         if first.dtype.kind == "f" and not np.all(np.isfinite(first)):
             raise MaskError(f"image {sweep.images[0]} contains NaN or infinite values")
-        key = (sweep.panel.image_size, sweep.untrusted)
-        base = cache.get(key)
-        if base is None:
-            base = static_pixel_mask(sweep.panel, None, sweep.untrusted, beamstop, params.mask_chip_borders)
-            cache[key] = base
-        mask = base & (first >= 0)
+        pixel_mask = None
+        if is_master(sweep.images[0]):
+            pixel_mask = open_master(sweep.images[0]).pixel_mask
+        flag = flag_value(first.dtype)
+        if flag is not None and sweep.panel.trusted_range[1] > flag:
+            # the largest value of the frames' type flags masked pixels (Eiger): never a count
+            sweep = replace(sweep, panel=replace(sweep.panel, trusted_range=(sweep.panel.trusted_range[0], float(flag))))
+        sources = mask_sources(sweep.panel, first, sweep.untrusted, beamstop, params.mask_chip_borders, pixel_mask)
+        mask = np.ones(sweep.panel.shape, dtype=bool)
+        for _, masked in sources:
+            mask &= ~masked
         if not mask.any():
             raise MaskError(f"every pixel of {sweep.source} is masked")
+        checked.append(sweep)
         masks.append(mask)
-    return masks
+        reports.append([(name, int(masked.sum())) for name, masked in sources])
+    return checked, masks, reports
 
 
 def import_experiment(params: ImportParameters, out_path: str | None = None, overwrite: bool = False) -> Experiment:
     """Load geometry, check the images, build masks and (if ``out_path``) write experiment.nxs."""
-    sweeps = load_geometry(params)
-    experiment = Experiment(sweeps, build_masks(sweeps, params))
+    sweeps, masks, sources = build_masks(load_geometry(params), params)
+    experiment = Experiment(sweeps, masks, sources)
     if out_path:
         write_experiment(experiment, out_path, asdict(params), overwrite)
     return experiment
@@ -168,4 +179,14 @@ def summarise(experiment: Experiment) -> str:
         f"resolution    {d_corner:.3f} Å at the detector corner, {d_edge:.3f} Å at the nearest edge",
         f"masked        {100 * masked:.2f} % of pixels",
     ]
+    for i, sources in enumerate(experiment.mask_sources):
+        if not sources:
+            continue
+        n_pixels = experiment.masks[i].size
+        lines.append(f"mask sources  sweep {i} (a pixel may have several):" if len(experiment.sweeps) > 1
+                     else "mask sources  (a pixel may have several):")
+        for name, count in sources:
+            if count == 0:
+                continue
+            lines.append(f"  {count:9d} px {100 * count / n_pixels:7.3f} %  {name}")
     return "\n".join(lines)

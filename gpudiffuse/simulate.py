@@ -295,8 +295,12 @@ def voxel_truth(model: SimulatedModel, hkl_centres, ndiv, samples: int = 3) -> n
 
 
 def simulate_dataset(outdir: str, params: SimulationParameters | str = "small", ndiv=(3, 3, 3),
-                     progress: bool = True, **overrides) -> str:
-    """Write a simulated dataset to ``outdir`` (which must not already hold one). Returns outdir."""
+                     progress: bool = True, image_format: str = "cbf", **overrides) -> str:
+    """Write a simulated dataset to ``outdir`` (which must not already hold one). Returns outdir.
+
+    image_format : "cbf" (Pilatus CBF per frame; gaps −1, dead pixels −2) or "eiger" (an NXmx
+    master and bitshuffle-LZ4 data files of the same counts: masked pixels flagged 2³²−1 and
+    set in ``pixel_mask``, bit 0 gaps, bit 1 dead pixels)."""
     from tqdm import tqdm  # noqa: PLC0415
 
     if isinstance(params, str):
@@ -304,6 +308,8 @@ def simulate_dataset(outdir: str, params: SimulationParameters | str = "small", 
     params = replace(params, **overrides)
     if os.path.exists(os.path.join(outdir, "XDS.INP")):
         raise FileExistsError(f"{outdir} already holds a dataset (XDS.INP); choose an empty folder")
+    if image_format not in ("cbf", "eiger"):
+        raise ValueError(f"unknown image format {image_format!r} (cbf or eiger)")
     os.makedirs(os.path.join(outdir, "frames"), exist_ok=True)
     model = SimulatedModel(params)
     rng = np.random.default_rng(params.seed)
@@ -324,6 +330,7 @@ def simulate_dataset(outdir: str, params: SimulationParameters | str = "small", 
     detector_factor = model.module_factors()[model.module_ids()] if params.module_spread else 1.0
     bar = tqdm(total=params.n_sweeps * params.n_frames, desc="simulate", unit="frame", disable=not progress)
     for sweep in range(params.n_sweeps):
+        writer = _eiger_writer(outdir, params, sweep, gaps, dead) if image_format == "eiger" else None
         phi_start = params.phi0 + sweep * params.sweep_phi_offset
         for z in range(params.n_frames):
             phi_mid = phi_start + (z + 0.5) * params.dphi
@@ -350,15 +357,20 @@ def simulate_dataset(outdir: str, params: SimulationParameters | str = "small", 
             counts = np.minimum(counts, params.overload)
             counts[gaps] = -1
             counts.ravel()[dead] = -2
-            _write_cbf(os.path.join(outdir, "frames", _frame_name(params, sweep, z)), counts.astype(np.int32),
-                       params, model, z, phi_start)
+            if writer is not None:
+                writer.add(counts)
+            else:
+                _write_cbf(os.path.join(outdir, "frames", _frame_name(params, sweep, z)), counts.astype(np.int32),
+                           params, model, z, phi_start)
             keys = np.rint(hkl_mid[~gaps] * n).astype(np.int64)
             visited.update(map(tuple, np.unique(keys, axis=0)))
             bar.update(1)
+        if writer is not None:
+            writer.close()
     bar.close()
     if params.n_sweeps == 1:
-        _write_xds(outdir, params, model)
-    _write_dials(outdir, params, model)
+        _write_xds(outdir, params, model, image_format)
+    _write_dials(outdir, params, model, image_format)
     keys = np.array(sorted(visited), dtype=np.int64)
     truth = voxel_truth(model, keys / n, ndiv)
     with h5py.File(os.path.join(outdir, "truth.h5"), "w") as f:
@@ -410,14 +422,28 @@ def _write_cbf(path, data, params, model, z, phi_start):
                                 "_array_data.header_contents": header}).write(path)
 
 
-def _write_xds(outdir, params, model):
+def _eiger_prefix(params, sweep):
+    return "sim" if params.n_sweeps == 1 else f"sweep{sweep + 1}"
+
+
+def _eiger_writer(outdir, params, sweep, gaps, dead):
+    from .io.nxmx_writer import DEAD_BIT, GAP_BIT, EigerWriter  # noqa: PLC0415
+
+    pixel_mask = np.where(gaps, np.uint32(1 << GAP_BIT), np.uint32(0))
+    pixel_mask.ravel()[dead] |= np.uint32(1 << DEAD_BIT)
+    return EigerWriter(os.path.join(outdir, "frames"), _eiger_prefix(params, sweep), params.n_frames, gaps.shape,
+                       pixel_mask, params.overload, params.exposure, params.pixel_size, params.thickness)
+
+
+def _write_xds(outdir, params, model, image_format="cbf"):
     nx, ny = params.image_size
     ex, ey, en = model.detector_axes
     sg = gemmi.SpaceGroup(params.space_group)
     inp = [
         "! simulated by gpudiffuse.simulate",
         "JOB= XYCORR INIT COLSPOT IDXREF DEFPIX INTEGRATE CORRECT",
-        "DETECTOR=PILATUS  MINIMUM_VALID_PIXEL_VALUE=0  OVERLOAD= %d" % params.overload,
+        ("DETECTOR=PILATUS" if image_format == "cbf" else "DETECTOR=EIGER")
+        + "  MINIMUM_VALID_PIXEL_VALUE=0  OVERLOAD= %d" % params.overload,
         "NX= %d NY= %d  QX= %.6f  QY= %.6f" % (nx, ny, params.pixel_size, params.pixel_size),
         "SENSOR_THICKNESS= %.4f" % params.thickness,
         "DIRECTION_OF_DETECTOR_X-AXIS= %.8f %.8f %.8f" % tuple(ex),
@@ -433,8 +459,10 @@ def _write_xds(outdir, params, model):
         "POLARIZATION_PLANE_NORMAL= 0 1 0",
         "SPACE_GROUP_NUMBER= %d" % sg.number,
         "UNIT_CELL_CONSTANTS= %.3f %.3f %.3f %.2f %.2f %.2f" % params.cell,
-        "NAME_TEMPLATE_OF_DATA_FRAMES= frames/frame_?????.cbf",
+        ("NAME_TEMPLATE_OF_DATA_FRAMES= frames/frame_?????.cbf" if image_format == "cbf" else
+         "NAME_TEMPLATE_OF_DATA_FRAMES= frames/sim_??????.h5  ! read with the durin plugin"),
         "DATA_RANGE= 1 %d" % params.n_frames,
+        *([] if image_format == "cbf" else ["LIB= /usr/local/lib/durin-plugin.so"]),
         "TRUSTED_REGION= 0.0 1.5",
         "UNTRUSTED_RECTANGLE= %d %d %d %d" % (nx // 2 - 3, nx // 2 + 3, ny - 6, ny),
     ]
@@ -462,7 +490,7 @@ def _write_xds(outdir, params, model):
         f.write("\n".join(lines) + "\n")
 
 
-def _write_dials(outdir, params, model):
+def _write_dials(outdir, params, model, image_format="cbf"):
     nx, ny = params.image_size
     ex, ey, en = model.detector_axes
     # corner of pixel (0, 0) in the XDS frame: X = Y = 0.5
@@ -470,13 +498,21 @@ def _write_dials(outdir, params, model):
     a, b, c = model.real_axes
     sg = gemmi.SpaceGroup(params.space_group)
     sweeps = range(params.n_sweeps)
-    templates = (["frames/frame_#####.cbf"] if params.n_sweeps == 1
-                 else [f"frames/sweep{j + 1}_#####.cbf" for j in sweeps])
+    if image_format == "eiger":
+        imagesets = [{"__id__": "ImageSequence", "template": f"frames/{_eiger_prefix(params, j)}_master.h5",
+                      "single_file_indices": list(range(params.n_frames))} for j in sweeps]
+    else:
+        templates = (["frames/frame_#####.cbf"] if params.n_sweeps == 1
+                     else [f"frames/sweep{j + 1}_#####.cbf" for j in sweeps])
+        imagesets = [{"__id__": "ImageSequence", "template": t} for t in templates]
+    # the lower end of trusted_range: DIALS >= 3.13 writes the lowest valid value (0 for an Eiger),
+    # older versions -1 meaning "above -1" (both mean zero counts are data)
+    low = 0.0 if image_format == "eiger" else -1.0
     doc = {
         "__id__": "ExperimentList",
         "experiment": [{"__id__": "Experiment", "identifier": f"sim{j}", "beam": 0, "detector": 0, "goniometer": 0,
                         "scan": j, "crystal": 0, "imageset": j} for j in sweeps],
-        "imageset": [{"__id__": "ImageSequence", "template": t} for t in templates],
+        "imageset": imagesets,
         "beam": [{"direction": list(-model.beam), "wavelength": params.wavelength,
                   "polarization_normal": [0.0, 1.0, 0.0], "polarization_fraction": 0.99}],
         "detector": [{"hierarchy": {"origin": [0.0, 0.0, 0.0], "fast_axis": [1.0, 0.0, 0.0],
@@ -484,7 +520,7 @@ def _write_dials(outdir, params, model):
                       "panels": [{"name": "Panel", "type": "SENSOR_PAD", "origin": list(origin),
                                   "fast_axis": list(ex), "slow_axis": list(ey),
                                   "pixel_size": [params.pixel_size, params.pixel_size], "image_size": [nx, ny],
-                                  "trusted_range": [-1.0, float(params.overload)], "thickness": params.thickness,
+                                  "trusted_range": [low, float(params.overload)], "thickness": params.thickness,
                                   "material": "Si", "mask": []}]}],
         "goniometer": [{"rotation_axis": list(model.axis), "fixed_rotation": [1, 0, 0, 0, 1, 0, 0, 0, 1],
                         "setting_rotation": [1, 0, 0, 0, 1, 0, 0, 0, 1]}],

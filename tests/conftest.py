@@ -72,3 +72,13 @@ def gpu_available() -> bool:
 
 requires_gpu = pytest.mark.skipif(os.environ.get("GPUDIFFUSE_NO_GPU") is not None or not gpu_available(),
                                   reason="no CUDA GPU with CuPy on this machine")
+
+
+@pytest.fixture(scope="session")
+def tiny_eiger(tmp_path_factory):
+    """The tiny dataset (same seed, same counts) written as an Eiger master + data files."""
+    from gpudiffuse.simulate import simulate_dataset
+
+    out = tmp_path_factory.mktemp("tiny_eiger") / "data"
+    simulate_dataset(str(out), "tiny", progress=False, image_format="eiger")
+    return out

@@ -117,8 +117,14 @@ def _panel(det, source):
     for rect in p.get("mask", []):
         f0, s0, f1, s1 = rect
         untrusted.append(("rectangle", (f0, f1 - 1, s0, s1 - 1)))
-    # DIALS trusts lower < value < upper; our frames are valid for min_valid <= value < overload
-    min_valid = float(np.nextafter(float(trusted[0]), np.inf))
+    # Frames are valid for min_valid <= value < overload. DIALS >= 3.13 (dxtbx #536) writes
+    # trusted_range as the inclusive range of valid values, e.g. [0, saturation] for an Eiger: the
+    # lower end is inclusive and zero counts are data. Older versions wrote (-1, overload) meaning
+    # values above -1 (-1 and -2 flag Pilatus gaps and dead pixels): a lower end of -1 on integer
+    # frames therefore means 0.
+    min_valid = float(trusted[0])
+    if min_valid == -1.0:
+        min_valid = 0.0
     panel = Panel(origin=origin, fast_axis=fast, slow_axis=slow, pixel_size=tuple(p["pixel_size"]),
                   image_size=tuple(p["image_size"]), thickness=float(p.get("thickness", 0.0)),
                   material=p.get("material") or "Si", trusted_range=(min_valid, float(trusted[1])),
@@ -183,9 +189,16 @@ def _images_of(imageset, scan, json_dir, source, still_index):
             path = find_image(template, json_dir)
             n = hdf5_frame_count(path)
             first, last = scan.image_range
-            if last > n:
-                raise GeometryError(f"{source}: scan needs frames {first}-{last} but {path} holds {n}")
-            return (path,) * (last - first + 1), tuple(range(first - 1, last))
+            # single_file_indices: the 0-based frames of the file that make up the imageset
+            indices = imageset.get("single_file_indices")
+            indices = list(range(n)) if indices is None else [int(i) for i in indices]
+            if last > len(indices) or first < 1:
+                raise GeometryError(f"{source}: scan needs frames {first}-{last} but the imageset has "
+                                    f"{len(indices)} ({path})")
+            chosen = tuple(indices[first - 1: last])
+            if max(chosen) >= n or min(chosen) < 0:
+                raise GeometryError(f"{source}: single_file_indices reach frame {max(chosen)} but {path} holds {n}")
+            return (path,) * len(chosen), chosen
         if not os.path.isabs(template):
             template = os.path.join(json_dir, template)
         pairs = expand_template(template, *scan.image_range)

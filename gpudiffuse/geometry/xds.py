@@ -236,18 +236,41 @@ def load_xds(directory: str, xparm: str | None = None) -> list[Sweep]:
     crystal = Crystal.from_real_space(xp["a_axis"], xp["b_axis"], xp["c_axis"], sg)
     phi_first = xp["starting_angle"] + (first - xp["starting_frame"]) * xp["oscillation_range"]
 
-    pairs = expand_template(template, first, last)
-    images = tuple(p for _, p in pairs)
-    exposure = _exposure_times(images, detector)
+    indices = None
+    if template.lower().endswith(".h5"):
+        # Eiger: XDS reads the data files through a plugin (LIB= durin/neggia); the frames, mask and
+        # count time come from the master file of the same prefix
+        images, indices, exposure = _eiger_images(template, first, last, src)
+    else:
+        pairs = expand_template(template, first, last)
+        images = tuple(p for _, p in pairs)
+        exposure = _exposure_times(images, detector)
     untrusted = tuple(_untrusted_regions(keywords))
     scan = Scan(image_range=(first, last), oscillation=(phi_first, xp["oscillation_range"]), exposure_times=exposure)
     base = Sweep(beam=beam, panel=panel, goniometer=goniometer, scan=scan, crystal=crystal, images=images,
-                 untrusted=untrusted, source=f"{inp_path} + {xparm}")
+                 image_indices=indices, untrusted=untrusted, source=f"{inp_path} + {xparm}")
     integrate_lp = os.path.join(directory, "INTEGRATE.LP")
     if not os.path.isfile(integrate_lp):
         return [base]
     return _split_by_integrate_batches(base, parse_integrate_lp(integrate_lp), xp, nx, ny, thickness, material,
                                        (min_valid, overload))
+
+
+def _eiger_images(template, first, last, src):
+    """(images, 0-based indices, exposure times) of frames first…last (1-based) from the master
+    file that an Eiger template (…_master.h5 or …_??????.h5) belongs to."""
+    from ..io.nxmx import master_of_template, open_master  # noqa: PLC0415
+
+    try:
+        master = open_master(master_of_template(template))
+    except ImageError as exc:
+        raise GeometryError(f"{src}: NAME_TEMPLATE_OF_DATA_FRAMES {template}: {exc}") from exc
+    if first < 1 or last > master.n_frames:
+        raise GeometryError(f"{src}: DATA_RANGE {first} {last} is outside the {master.n_frames} frames of "
+                            f"{master.path}")
+    n = last - first + 1
+    exposure = np.full(n, master.count_time if master.count_time and master.count_time > 0 else 1.0)
+    return (master.path,) * n, tuple(range(first - 1, last)), exposure
 
 
 def _exposure_times(images, detector) -> np.ndarray:
@@ -287,7 +310,9 @@ def _split_by_integrate_batches(base: Sweep, batches, xp, nx, ny, thickness, mat
                     oscillation=(base.scan.oscillation[0] + i0 * base.scan.oscillation[1], base.scan.oscillation[1]),
                     exposure_times=base.scan.exposure_times[i0:i1])
         sweeps.append(replace(base, panel=panel, crystal=crystal, beam=beam, goniometer=goniometer, scan=scan,
-                              images=base.images[i0:i1], batch=0))
+                              images=base.images[i0:i1],
+                              image_indices=None if base.image_indices is None else base.image_indices[i0:i1],
+                              batch=0))
     if not sweeps:
         return [base]
     logger.info("INTEGRATE.LP: %d refined batches override the XPARM geometry", len(sweeps))

@@ -46,43 +46,11 @@ def _fabio_open(path: str):
     return image, data
 
 
-def _eiger_datasets(path: str):
-    """(file handle, list of 3-D datasets in order) for an Eiger master or data file."""
-    import h5py  # noqa: PLC0415
-    import hdf5plugin  # noqa: PLC0415
-
-    del hdf5plugin  # imported for its side effect: it registers the bitshuffle/LZ4 filters with h5py
-
-    if not os.path.exists(path):
-        raise ImageError(f"image file not found: {path}")
-    try:
-        handle = h5py.File(path, "r")
-    except OSError as exc:
-        raise ImageError(f"cannot open HDF5 image file {path}: {exc}") from exc
-    group = handle.get("entry/data")
-    if group is None:
-        handle.close()
-        raise ImageError(f"{path}: no /entry/data group (not an Eiger/NeXus image file)")
-    datasets = []
-    for name in sorted(group):
-        try:
-            item = group[name]
-        except KeyError as exc:  # external link to a missing data file
-            handle.close()
-            raise ImageError(f"{path}: /entry/data/{name} links to a missing data file ({exc})") from exc
-        if hasattr(item, "shape") and len(item.shape) == 3:
-            datasets.append(item)
-    if not datasets:
-        handle.close()
-        raise ImageError(f"{path}: /entry/data holds no 3-D image stack")
-    return handle, datasets
-
-
 def hdf5_frame_count(path: str) -> int:
-    """Number of frames in an Eiger master/data file."""
-    handle, datasets = _eiger_datasets(path)
-    with handle:
-        return sum(d.shape[0] for d in datasets)
+    """Number of frames in an Eiger master/data file (over all its linked data files)."""
+    from .nxmx import open_master  # noqa: PLC0415
+
+    return open_master(path).n_frames
 
 
 def read_image(path: str, index: int | None = None) -> np.ndarray:
@@ -92,17 +60,9 @@ def read_image(path: str, index: int | None = None) -> np.ndarray:
     """
     path = str(path)
     if _is_hdf5(path):
-        handle, datasets = _eiger_datasets(path)
-        with handle:
-            i = 0 if index is None else int(index)
-            for dataset in datasets:
-                if i < dataset.shape[0]:
-                    try:
-                        return np.asarray(dataset[i])
-                    except OSError as exc:
-                        raise ImageError(f"cannot decode frame {index} of {path}: {exc}") from exc
-                i -= dataset.shape[0]
-            raise ImageError(f"{path} has no frame {index} (it holds {sum(d.shape[0] for d in datasets)})")
+        from .nxmx import read_frame  # noqa: PLC0415
+
+        return read_frame(path, index)
     _, data = _fabio_open(path)
     return data
 

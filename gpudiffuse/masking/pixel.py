@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import MaskError
 from .layout import layout_for_size
 
-__all__ = ["Beamstop", "static_pixel_mask", "region_mask", "frame_valid"]
+__all__ = ["Beamstop", "static_pixel_mask", "mask_sources", "region_mask", "frame_valid"]
 
 
 @dataclass(frozen=True)
@@ -79,29 +79,53 @@ def region_mask(shape, kind: str, params) -> np.ndarray:
     raise MaskError(f"unknown mask region kind {kind!r}")
 
 
-def static_pixel_mask(panel, first_frame: np.ndarray | None = None, untrusted=(), beamstop: Beamstop | None = None,
-                      mask_chip_borders: bool = False) -> np.ndarray:
-    """Boolean (n_slow, n_fast) mask of usable pixels (True = use)."""
+def mask_sources(panel, first_frame: np.ndarray | None = None, untrusted=(), beamstop: Beamstop | None = None,
+                 mask_chip_borders: bool = False, pixel_mask: np.ndarray | None = None) -> list[tuple[str, np.ndarray]]:
+    """Where the static mask comes from: (source, boolean (n_slow, n_fast), True = masked by it).
+
+    An NXmx ``pixel_mask`` (uint32 bit field, see :mod:`gpudiffuse.io.nxmx`) is the detector's
+    own statement of its gaps and bad pixels: one source per set bit, and no layout is guessed
+    from the image size. Without one, gaps come from the detector layout of that size.
+    """
+    from ..io.nxmx import PIXEL_MASK_BITS  # noqa: PLC0415
+
     shape = panel.shape
-    mask = np.ones(shape, dtype=bool)
-    layout = layout_for_size(panel.image_size)
-    if layout is not None:
-        mask &= layout.gap_mask()
-        if mask_chip_borders:
-            mask &= layout.chip_border_mask()
+    sources = []
+    if pixel_mask is not None:
+        for bit in range(32):
+            hit = (pixel_mask >> np.uint32(bit)) & np.uint32(1) > 0
+            if hit.any():
+                sources.append((f"pixel_mask bit {bit} ({PIXEL_MASK_BITS.get(bit, 'reserved')})", hit))
+    else:
+        layout = layout_for_size(panel.image_size)
+        if layout is not None:
+            sources.append((f"{layout.family} module gaps (layout of a {shape[1]}x{shape[0]} image)",
+                            ~layout.gap_mask()))
+            if mask_chip_borders:
+                sources.append(("enlarged chip-border pixels", ~layout.chip_border_mask()))
     if first_frame is not None:
         if first_frame.shape != shape:
             raise MaskError(f"first frame has shape {first_frame.shape}, panel expects {shape}")
-        mask &= first_frame >= 0
+        sources.append(("negative in the first frame (gaps, bad pixels)", first_frame < 0))
     for kind, params in untrusted:
-        mask &= ~region_mask(shape, kind, params)
+        sources.append((f"untrusted {kind} {tuple(params)}", region_mask(shape, kind, params)))
     if beamstop is not None:
         if beamstop.disc:
-            mask &= ~region_mask(shape, "disc", beamstop.disc)
+            sources.append((f"beamstop disc {beamstop.disc}", region_mask(shape, "disc", beamstop.disc)))
         if beamstop.rectangle:
-            mask &= ~region_mask(shape, "rectangle", beamstop.rectangle)
+            sources.append((f"beamstop rectangle {beamstop.rectangle}",
+                            region_mask(shape, "rectangle", beamstop.rectangle)))
         if beamstop.polygon:
-            mask &= ~region_mask(shape, "polygon", [c for v in beamstop.polygon for c in v])
+            sources.append(("beamstop polygon", region_mask(shape, "polygon", [c for v in beamstop.polygon for c in v])))
+    return sources
+
+
+def static_pixel_mask(panel, first_frame: np.ndarray | None = None, untrusted=(), beamstop: Beamstop | None = None,
+                      mask_chip_borders: bool = False, pixel_mask: np.ndarray | None = None) -> np.ndarray:
+    """Boolean (n_slow, n_fast) mask of usable pixels (True = use): no source masks them."""
+    mask = np.ones(panel.shape, dtype=bool)
+    for _, masked in mask_sources(panel, first_frame, untrusted, beamstop, mask_chip_borders, pixel_mask):
+        mask &= ~masked
     return mask
 
 

@@ -69,7 +69,7 @@ def test_stills_use_the_crystal_as_given(snase_dir):
     assert sweep.scan.is_still and sweep.scan.oscillation[0] == 4.0
     np.testing.assert_allclose(sweep.setting_matrix(0), sweep.crystal.A)
     assert sweep.images[0].endswith("snc_newhead_00005.img")
-    assert sweep.panel.trusted_range[0] > 1.0  # DIALS lower bound is exclusive
+    assert sweep.panel.trusted_range[0] == 1.0  # the lowest valid value (dxtbx #536: inclusive)
 
 
 def test_missing_image_paths_are_found_beside_the_json(snase_dir, tmp_path):
