@@ -1,4 +1,5 @@
-"""One test body over every engine that runs here: the NumPy engine is the oracle.
+"""One test body over every engine that runs here: the NumPy engine is the oracle. ``cuda-host``
+is the CUDA engine's driver running the real kernels of integrate.cu compiled for the CPU.
 
 Integer accumulators must be identical (same voxel assignment for every pixel-frame), float
 sums equal within 1e-12 relative (only the order of additions differs).
@@ -11,6 +12,7 @@ from gpudiffuse.integration import IntegrationParameters, available_engines, int
 from gpudiffuse.integration.blocks import BlockTask, run_block, sum_results
 from gpudiffuse.integration.driver import wedge_blocks
 
+import host_cuda  # noqa: F401  (registers the "cuda-host" engine: integrate.cu built for the CPU)
 from engine_helpers import assert_records_equal, synthetic_background, tiny_sweep
 
 FAST_ENGINES = [e for e in available_engines() if e != "numpy"]
@@ -61,8 +63,10 @@ def test_engine_matches_numpy(engine, reference, tiny_dataset):
 
 @pytest.mark.parametrize("engine", available_engines())
 def test_blocks_of_wedges_sum_to_one_pass(engine, tiny_dataset):
-    """Integrating blocks separately (in any order) and summing equals one pass; floats exactly,
-    since each (voxel, wedge) row lives in one block."""
+    """Integrating blocks separately (in any order) and summing equals one pass; floats exactly
+    (each (voxel, wedge) row lives in one block) for the deterministic engines, to rounding for
+    the CUDA kernels, whose float atomics add in whatever order the threads arrive."""
+    float_rtol = 0 if engine in ("numpy", "cpu") else 1e-12
     sweep, mask, dmin, pixels, grid, model, absent, threshold = tiny_sweep(str(tiny_dataset))
     params = IntegrationParameters(ndiv=(3, 3, 3), chunk_size=2, wedge_degrees=1.0)
     whole = integrate_sweep(sweep, pixels, grid, model, absent, params, engine)
@@ -71,12 +75,12 @@ def test_blocks_of_wedges_sum_to_one_pass(engine, tiny_dataset):
     tasks = [BlockTask(sweep, mask, dmin, grid, params, frames, engine, threshold, model, absent)
              for frames in reversed(blocks)]
     summed = sum_results([run_block(t) for t in tasks])
-    assert_records_equal(summed.diffuse, whole.diffuse, float_rtol=0)
-    assert_records_equal(summed.excluded, whole.excluded, float_rtol=0)
-    np.testing.assert_array_equal(summed.profile_counts[0], whole.profile_counts[0])
+    assert_records_equal(summed.diffuse, whole.diffuse, float_rtol=float_rtol)
+    assert_records_equal(summed.excluded, whole.excluded, float_rtol=float_rtol)
+    np.testing.assert_allclose(summed.profile_counts[0], whole.profile_counts[0], rtol=float_rtol)
     assert summed.zingers == whole.zingers
     pairwise = run_block(tasks[0]) + run_block(tasks[1]) + run_block(tasks[2])
-    assert_records_equal(pairwise.diffuse, whole.diffuse, float_rtol=0)
+    assert_records_equal(pairwise.diffuse, whole.diffuse, float_rtol=float_rtol)
 
 
 def test_cpu_engine_does_not_depend_on_the_thread_count(tiny_dataset):

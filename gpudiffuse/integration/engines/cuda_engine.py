@@ -68,11 +68,13 @@ class CudaEngine:
             return False
         return True
 
-    def __init__(self, context):
+    def __init__(self, context, array_module=None, kernel_module=None):
+        """``array_module``/``kernel_module`` replace CuPy and the NVRTC-compiled module (the tests
+        run the same driver over the host build of the kernels, ``kernels/host_launch.cpp``)."""
         from ...backend import load_module, resolve_device  # noqa: PLC0415
 
-        self.cp = cp = resolve_device("gpu").xp
-        self.module = load_module("integrate", _names())
+        self.cp = cp = array_module if array_module is not None else resolve_device("gpu").xp
+        self.module = kernel_module if kernel_module is not None else load_module("integrate", _names())
         self.context = context
         grid, pix = context.grid, context.pixels
         self.n_sub = grid.n_sub
@@ -177,7 +179,7 @@ class CudaEngine:
         n_bins = self.context.n_bins
         pc = cp.asnumpy(cp.concatenate(self._pc)) if self._pc else np.zeros((0, n_bins))
         pk = cp.asnumpy(cp.concatenate(self._pk)) if self._pk else np.zeros((0, n_bins))
-        out = EngineSums(sets, np.asarray(self._frames, np.int64), pc, pk, int(self.zingers.get()[0]))
+        out = EngineSums(sets, np.asarray(self._frames, np.int64), pc, pk, int(cp.asnumpy(self.zingers)[0]))
         self.rows.reset()
         self.acc_int[...] = 0
         self.acc_float[...] = 0

@@ -1,0 +1,31 @@
+// Host execution of the CUDA kernels (tests without a GPU): compile a .cu as C++20 with this
+// header first. CUDA qualifiers vanish, thread and block indices become variables set by the
+// launcher in host_launch.cpp, atomics become std::atomic_ref operations. Blocks run in
+// parallel and the threads of a block in order, so __syncthreads and __shared__ memory are
+// not supported (the launcher aborts on a barrier).
+#pragma once
+#ifdef __CUDACC__
+#error "host_shim.h is for host builds only"
+#endif
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+
+struct gd_dim3 {
+    unsigned x = 0, y = 0, z = 0;
+};
+extern thread_local gd_dim3 threadIdx, blockIdx;  // set by the launcher for each emulated thread
+extern gd_dim3 blockDim, gridDim;
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+
+void gd_host_syncthreads();
+#define __syncthreads() gd_host_syncthreads()
+
+template <typename T>
+inline T atomicAdd(T* address, T value) {
+    return std::atomic_ref<T>(*address).fetch_add(value, std::memory_order_relaxed);
+}
