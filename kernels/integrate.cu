@@ -44,7 +44,8 @@ __device__ void gd_mark_cells_impl(const T* frames, int n_frames, const int64_t*
 }
 
 // Pass B: accumulate into acc_int[set][n_int][acc_size] and acc_float[set][n_float][acc_size];
-// rows come from lut (cell -> row). Zingers are counted; the profile sums diffuse pixels per frame.
+// rows come from lut (cell -> row; the identity when the accumulators cover every cell, and then
+// pass A is not needed). Zingers are counted; the profile sums diffuse pixels per frame.
 template <typename T>
 __device__ void gd_accumulate_impl(const T* frames, int n_frames, const int64_t* pixel_index, int n_pixels,
                                    int64_t frame_stride, const double* s, const double* threshold,
@@ -55,7 +56,7 @@ __device__ void gd_accumulate_impl(const T* frames, int n_frames, const int64_t*
                                    int n_int, int n_float, int c_max, unsigned long long* acc_int,
                                    double* acc_float, unsigned long long* hist, int64_t acc_size,
                                    unsigned long long* zingers, const int32_t* profile_bin, int n_bins,
-                                   double* profile_counts, double* profile_kt) {
+                                   int n_replicas, double* profile_counts, double* profile_kt) {
     int f, p, code;
     double value;
     int64_t cell = -1;
@@ -92,9 +93,13 @@ __device__ void gd_accumulate_impl(const T* frames, int n_frames, const int64_t*
         else if (count >= 0)
             atomicAdd(&hist[((int64_t)set * acc_size + key) * (c_max + 1) + count], 1ULL);
     }
-    if (set == GD_SET_DIFFUSE) {  // isotropic profile of the diffuse pixels, per frame of the chunk
-        atomicAdd(&profile_counts[(int64_t)f * n_bins + profile_bin[p]], value);
-        atomicAdd(&profile_kt[(int64_t)f * n_bins + profile_bin[p]], k[p] * t);
+    if (set == GD_SET_DIFFUSE) {
+        // isotropic profile of the diffuse pixels, per frame of the chunk: n_replicas copies of the
+        // bins ([frame][replica][bin], replica = thread index mod n_replicas) spread the atomics of
+        // a million pixels over many addresses; the copies are summed once per wedge
+        int64_t slot = ((int64_t)f * n_replicas + (int64_t)(threadIdx.x % n_replicas)) * n_bins + profile_bin[p];
+        atomicAdd(&profile_counts[slot], value);
+        atomicAdd(&profile_kt[slot], k[p] * t);
     }
 }
 
@@ -119,13 +124,13 @@ __device__ void gd_accumulate_impl(const T* frames, int n_frames, const int64_t*
         const double* d3s, const double* ix, const double* iy, const double* s_norm, const double* bkg_rate, \
         const double* bkg_var, const int64_t* lut, int n_sub, int n_int, int n_float, int c_max,            \
         unsigned long long* acc_int, double* acc_float, unsigned long long* hist, int64_t acc_size,         \
-        unsigned long long* zingers, const int32_t* profile_bin, int n_bins, double* profile_counts,        \
-        double* profile_kt) {                                                                               \
+        unsigned long long* zingers, const int32_t* profile_bin, int n_bins, int n_replicas,                \
+        double* profile_counts, double* profile_kt) {                                                       \
         GdBragg bragg = GD_BRAGG_MAKE;                                                                      \
         gd_accumulate_impl<T>(frames, n_frames, pixel_index, n_pixels, frame_stride, s, threshold, fp, ndiv, \
                               hmax, min_valid, overload, bragg, k, d3s, ix, iy, s_norm, bkg_rate, bkg_var,  \
                               lut, n_sub, n_int, n_float, c_max, acc_int, acc_float, hist, acc_size,        \
-                              zingers, profile_bin, n_bins, profile_counts, profile_kt);                    \
+                              zingers, profile_bin, n_bins, n_replicas, profile_counts, profile_kt);        \
     }
 
 GD_INSTANTIATE(uint16_t, u16)

@@ -96,3 +96,10 @@ class HostCudaEngine(CudaEngine):
 
     def __init__(self, context):
         super().__init__(context, HOST_CUPY, HostKernelModule(host_library()))
+
+
+@register_engine("cuda-host-compact")
+class HostCudaCompactEngine(HostCudaEngine):
+    """The same with the compact accumulator layout (mark pass, rows assigned per chunk)."""
+
+    force_compact = True

@@ -2,14 +2,26 @@
 
 Per-sweep constants are uploaded once; raw frames travel in their native integer type through
 pinned host buffers, alternating between two CUDA streams so that the copy of chunk i+1
-overlaps the kernels of chunk i. Each chunk runs two launches over all its pixel-frames: one
-marks the cells it touches (rows are then assigned on the device), one accumulates with 64-bit
-integer and float64 atomics into the record's fields (positions from ``kernels/gd_record.cuh``).
-Integer sums are exact, so they equal the other engines' wherever the voxel assignment agrees;
-the kernels are compiled without fused multiply-add so that it does.
+overlaps the kernels of chunk i. Accumulation uses 64-bit integer and float64 atomics into the
+record's fields (positions from ``kernels/gd_record.cuh``). Integer sums are exact, so they
+equal the other engines' wherever the voxel assignment agrees; the kernels are compiled without
+fused multiply-add so that it does.
+
+Two layouts of the accumulators:
+
+* *dense* (when every cell of the table fits in a quarter of the free device memory): one row
+  per cell, one kernel launch per chunk and no host synchronisation inside the chunk loop; a
+  flush compacts the voxels with pixels on the device and copies only those;
+* *compact* (large tables): a first launch marks the cells a chunk touches and rows are given
+  to new cells on the device (one synchronisation per chunk to size them).
+
+The per-frame profile lives on the device in ``PROFILE_REPLICAS`` copies (fewer colliding
+atomics) and is summed and copied once per wedge.
 """
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -20,6 +32,7 @@ __all__ = ["CudaEngine"]
 _KERNEL_TYPES = {np.dtype(np.uint16): "u16", np.dtype(np.int32): "i32", np.dtype(np.uint32): "u32"}
 _FRAME_PARAMS = np.dtype([("Minv", np.float64, 9), ("exposure", np.float64), ("frame_index", np.float64)])
 _BLOCK = 256
+PROFILE_REPLICAS = 32
 
 
 def _names():
@@ -97,13 +110,27 @@ class CudaEngine:
         bkg = context.background
         self.d["bkg_rate"] = up(bkg[0], np.float64) if bkg is not None else cp.zeros(1)
         self.d["bkg_var"] = up(bkg[1], np.float64) if bkg is not None else cp.zeros(1)
+        self.dense = self._fits_densely(grid.n_cells)
         self.rows = _DeviceRows(cp, grid.n_cells)
+        if self.dense:
+            self.rows.lut = cp.arange(grid.n_cells, dtype=cp.int64)
         self.zingers = cp.zeros(1, dtype=cp.uint64)
         self.streams = [cp.cuda.Stream(non_blocking=True), cp.cuda.Stream(non_blocking=True)]
         self.pinned, self.n_chunks = {}, 0
         self.acc_int = None
-        self._allocate(4096)
+        self._allocate(grid.n_cells if self.dense else 4096)
         self._frames, self._pc, self._pk = [], [], []
+
+    def _fits_densely(self, n_cells) -> bool:
+        if getattr(self, "force_compact", False):
+            return False
+        per_voxel = 2 * 8 * (len(self.int_names) + len(self.float_names) + max(self.c_max + 1, 0))
+        need = n_cells * self.n_sub * per_voxel
+        try:
+            free = int(self.cp.cuda.runtime.memGetInfo()[0])
+        except AttributeError:  # the host stand-in for CuPy
+            free = 8 << 30
+        return need <= free // 4
 
     def _allocate(self, capacity):
         cp, size = self.cp, capacity * self.n_sub
@@ -144,19 +171,20 @@ class CudaEngine:
             common = (device_frames, np.int32(n), d["index"], np.int32(n_pix), np.int64(raw.shape[1]), d["s"],
                       d["threshold"], fp_device, d["ndiv"], d["hmax"], *(np.float64(x) for x in ctx.trusted_range),
                       *self.bragg)
-            self.module.get_function(f"gd_mark_cells_{kind}")(grid_dim, (_BLOCK,), common + (self.rows.touched,))
-            self.rows.assign_touched()
-            if self.rows.n_rows > self.capacity:
-                self._allocate(max(2 * self.capacity, self.rows.n_rows))
-            pc = cp.zeros((n, ctx.n_bins))
-            pk = cp.zeros((n, ctx.n_bins))
+            if not self.dense:
+                self.module.get_function(f"gd_mark_cells_{kind}")(grid_dim, (_BLOCK,), common + (self.rows.touched,))
+                self.rows.assign_touched()  # the one host synchronisation per chunk of the compact layout
+                if self.rows.n_rows > self.capacity:
+                    self._allocate(max(2 * self.capacity, self.rows.n_rows))
+            pc = cp.zeros((n, PROFILE_REPLICAS, ctx.n_bins))
+            pk = cp.zeros((n, PROFILE_REPLICAS, ctx.n_bins))
             self.module.get_function(f"gd_accumulate_{kind}")(
                 grid_dim, (_BLOCK,),
                 common + (d["k"], d["d3s"], d["ix"], d["iy"], d["s_norm"], d["bkg_rate"], d["bkg_var"], self.rows.lut,
                           np.int32(self.n_sub), np.int32(len(self.int_names)), np.int32(len(self.float_names)),
                           np.int32(self.c_max), self.acc_int, self.acc_float, self.hist,
                           np.int64(self.capacity * self.n_sub), self.zingers, d["profile_bin"], np.int32(ctx.n_bins),
-                          pc, pk))
+                          np.int32(PROFILE_REPLICAS), pc, pk))
             self._frames.extend(int(z) for z in frame_numbers)
             self._pc.append(pc)
             self._pk.append(pk)
@@ -165,25 +193,45 @@ class CudaEngine:
         cp = self.cp
         for stream in self.streams:
             stream.synchronize()
-        size = self.rows.n_rows * self.n_sub
-        # device layout (set, field, voxel) for coalescing; collect_sets takes (set, voxel, field)
-        ints = cp.asnumpy(self.acc_int[:, :, :size]).astype(np.int64).transpose(0, 2, 1)
-        floats = cp.asnumpy(self.acc_float[:, :, :size]).transpose(0, 2, 1)
-        hist = cp.asnumpy(self.hist[:, :size]).astype(np.int64) if self.c_max >= 0 else None
-
-        class _HostRows:  # collect_sets reads n_rows and cells()
-            n_rows = self.rows.n_rows
-            cells = staticmethod(lambda cells=self.rows.cells(): cells)
-
-        sets = collect_sets(_HostRows, self.n_sub, ints, floats, self.int_names, self.float_names, hist)
+        sets = self._collect_dense() if self.dense else self._collect_compact()
         n_bins = self.context.n_bins
-        pc = cp.asnumpy(cp.concatenate(self._pc)) if self._pc else np.zeros((0, n_bins))
-        pk = cp.asnumpy(cp.concatenate(self._pk)) if self._pk else np.zeros((0, n_bins))
+        pc = cp.asnumpy(cp.concatenate(self._pc).sum(axis=1)) if self._pc else np.zeros((0, n_bins))
+        pk = cp.asnumpy(cp.concatenate(self._pk).sum(axis=1)) if self._pk else np.zeros((0, n_bins))
         out = EngineSums(sets, np.asarray(self._frames, np.int64), pc, pk, int(cp.asnumpy(self.zingers)[0]))
-        self.rows.reset()
+        if not self.dense:
+            self.rows.reset()
         self.acc_int[...] = 0
         self.acc_float[...] = 0
         self.hist[...] = 0
         self.zingers[...] = 0
         self._frames, self._pc, self._pk = [], [], []
         return out
+
+    def _collect_dense(self) -> tuple[dict, dict]:
+        """Voxels with pixels, compacted on the device (row = cell): only they cross to the host."""
+        cp, out = self.cp, []
+        pixels = self.int_names.index("pixels")
+        for s in range(2):
+            seen = cp.flatnonzero(self.acc_int[s, pixels] > 0)
+            block = {"cell": cp.asnumpy(seen // self.n_sub).astype(np.int64),
+                     "sub": cp.asnumpy(seen % self.n_sub).astype(np.int64)}
+            ints = cp.asnumpy(self.acc_int[s][:, seen]).astype(np.int64)
+            floats = cp.asnumpy(self.acc_float[s][:, seen])
+            for j, name in enumerate(self.int_names):
+                block[name] = ints[j]
+            for j, name in enumerate(self.float_names):
+                block[name] = floats[j]
+            if self.c_max >= 0:
+                block["count_histogram"] = cp.asnumpy(self.hist[s][seen]).astype(np.int64)
+            out.append(block)
+        return out[0], out[1]
+
+    def _collect_compact(self) -> tuple[dict, dict]:
+        cp = self.cp
+        size = self.rows.n_rows * self.n_sub
+        # device layout (set, field, voxel) for coalescing; collect_sets takes (set, voxel, field)
+        ints = cp.asnumpy(self.acc_int[:, :, :size]).astype(np.int64).transpose(0, 2, 1)
+        floats = cp.asnumpy(self.acc_float[:, :, :size]).transpose(0, 2, 1)
+        hist = cp.asnumpy(self.hist[:, :size]).astype(np.int64) if self.c_max >= 0 else None
+        rows = SimpleNamespace(n_rows=self.rows.n_rows, cells=lambda cells=self.rows.cells(): cells)
+        return collect_sets(rows, self.n_sub, ints, floats, self.int_names, self.float_names, hist)
