@@ -1,0 +1,7 @@
+"""``python -m gpudiffuse``: the same as the ``gpudiffuse`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
