@@ -15,3 +15,5 @@ enum GdFloatField {
 };
 // accumulator sets
 enum GdSet { GD_SET_DIFFUSE = 0, GD_SET_EXCLUDED = 1 };
+// |s| bins of the per-frame isotropic profile (gpudiffuse.integration.pixels.PROFILE_BINS)
+#define GD_PROFILE_BINS 64

@@ -4,9 +4,10 @@
 #include "host_shim.h"
 #include "integrate.cu"
 
+#include <ucontext.h>
+
 #include <algorithm>
-#include <cstdio>
-#include <cstdlib>
+#include <functional>
 #include <thread>
 #include <type_traits>
 #include <utility>
@@ -15,20 +16,49 @@
 thread_local gd_dim3 threadIdx, blockIdx;
 gd_dim3 blockDim, gridDim;
 
-// The threads of a block run one after another, so a barrier cannot be honoured: kernels that
-// need __syncthreads are refused rather than run wrongly.
-void gd_host_syncthreads() {
-    std::fprintf(stderr, "host_launch: __syncthreads is not supported by the sequential host launcher\n");
-    std::abort();
+namespace {
+constexpr std::size_t kFiberStack = 64 * 1024;
+thread_local ucontext_t scheduler;          // the block's scheduler on this worker
+thread_local ucontext_t* running = nullptr;  // the fiber now running
+thread_local std::function<void()>* body = nullptr;
+thread_local bool* finished = nullptr;
+
+void fiber_entry() {
+    (*body)();
+    finished[threadIdx.x] = true;  // then uc_link returns to the scheduler
 }
+
+// One block: every thread a fiber; run them in turns, each up to its next barrier or its end.
+void run_block(unsigned block, std::vector<ucontext_t>& fibers, std::vector<char>& stacks, std::vector<char>& done) {
+    for (unsigned t = 0; t < block; ++t) {
+        getcontext(&fibers[t]);
+        fibers[t].uc_stack.ss_sp = stacks.data() + t * kFiberStack;
+        fibers[t].uc_stack.ss_size = kFiberStack;
+        fibers[t].uc_link = &scheduler;
+        makecontext(&fibers[t], fiber_entry, 0);
+        done[t] = false;
+    }
+    finished = reinterpret_cast<bool*>(done.data());
+    for (unsigned remaining = block; remaining > 0;) {
+        for (unsigned t = 0; t < block; ++t) {
+            if (done[t]) continue;
+            threadIdx.x = t;
+            running = &fibers[t];
+            swapcontext(&scheduler, &fibers[t]);
+            if (done[t]) --remaining;
+        }
+    }
+}
+}  // namespace
+
+void gd_host_syncthreads() { swapcontext(running, &scheduler); }
 
 template <typename... A, std::size_t... I>
 static void gd_call(void (*kernel)(A...), void** args, std::index_sequence<I...>) {
     kernel(*static_cast<std::remove_reference_t<A>*>(args[I])...);
 }
 
-// Run kernel over grid x block threads: blocks are spread over the CPU's hardware threads, the
-// threads of a block run in order; atomics are real atomics, so blocks may run concurrently.
+// Run kernel over grid x block threads: blocks spread over the CPU's hardware threads.
 template <typename... A>
 static void gd_launch(void (*kernel)(A...), unsigned grid, unsigned block, void** args) {
     gridDim.x = grid;
@@ -37,12 +67,13 @@ static void gd_launch(void (*kernel)(A...), unsigned grid, unsigned block, void*
     std::vector<std::thread> workers;
     for (unsigned w = 0; w < n_workers; ++w)
         workers.emplace_back([=] {
+            std::vector<ucontext_t> fibers(block);
+            std::vector<char> stacks(block * kFiberStack), done(block);
+            std::function<void()> call = [=] { gd_call(kernel, args, std::index_sequence_for<A...>{}); };
+            body = &call;
             for (unsigned b = w; b < grid; b += n_workers) {
                 blockIdx.x = b;
-                for (unsigned t = 0; t < block; ++t) {
-                    threadIdx.x = t;
-                    gd_call(kernel, args, std::index_sequence_for<A...>{});
-                }
+                run_block(block, fibers, stacks, done);
             }
         });
     for (auto& w : workers) w.join();

@@ -1,8 +1,9 @@
 // Host execution of the CUDA kernels (tests without a GPU): compile a .cu as C++20 with this
 // header first. CUDA qualifiers vanish, thread and block indices become variables set by the
 // launcher in host_launch.cpp, atomics become std::atomic_ref operations. Blocks run in
-// parallel and the threads of a block in order, so __syncthreads and __shared__ memory are
-// not supported (the launcher aborts on a barrier).
+// parallel on worker threads; the threads of a block are fibers (ucontext) of one worker, so
+// __shared__ is per-worker static storage and __syncthreads a switch to the block's scheduler,
+// which resumes every fiber up to the barrier before any passes it.
 #pragma once
 #ifdef __CUDACC__
 #error "host_shim.h is for host builds only"
@@ -21,6 +22,7 @@ extern gd_dim3 blockDim, gridDim;
 #define __device__
 #define __host__
 #define __forceinline__ inline
+#define __shared__ static thread_local
 
 void gd_host_syncthreads();
 #define __syncthreads() gd_host_syncthreads()

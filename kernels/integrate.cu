@@ -45,7 +45,12 @@ __device__ void gd_mark_cells_impl(const T* frames, int n_frames, const int64_t*
 
 // Pass B: accumulate into acc_int[set][n_int][acc_size] and acc_float[set][n_float][acc_size];
 // rows come from lut (cell -> row; the identity when the accumulators cover every cell, and then
-// pass A is not needed). Zingers are counted; the profile sums diffuse pixels per frame.
+// pass A is not needed). Zingers are counted. The profile of the diffuse pixels per frame is
+// privatised: the block's threads add into a shared histogram (a block of consecutive
+// pixel-frames spans at most two frames when a frame has at least as many used pixels as the
+// block has threads; otherwise the rest go to the global profile directly), then the block adds
+// each non-empty bin to the global
+// profile once. Every thread reaches both barriers (no early return).
 template <typename T>
 __device__ void gd_accumulate_impl(const T* frames, int n_frames, const int64_t* pixel_index, int n_pixels,
                                    int64_t frame_stride, const double* s, const double* threshold,
@@ -55,51 +60,64 @@ __device__ void gd_accumulate_impl(const T* frames, int n_frames, const int64_t*
                                    const double* bkg_rate, const double* bkg_var, const int64_t* lut, int n_sub,
                                    int n_int, int n_float, int c_max, unsigned long long* acc_int,
                                    double* acc_float, unsigned long long* hist, int64_t acc_size,
-                                   unsigned long long* zingers, const int32_t* profile_bin, int n_bins,
-                                   int n_replicas, double* profile_counts, double* profile_kt) {
-    int f, p, code;
-    double value;
+                                   unsigned long long* zingers, const int32_t* profile_bin, double* profile_counts,
+                                   double* profile_kt) {
+    __shared__ double block_counts[2 * GD_PROFILE_BINS];
+    __shared__ double block_kt[2 * GD_PROFILE_BINS];
+    for (int j = threadIdx.x; j < 2 * GD_PROFILE_BINS; j += blockDim.x) {
+        block_counts[j] = 0.0;
+        block_kt[j] = 0.0;
+    }
+    __syncthreads();
+    int first_frame = (int)(((int64_t)blockIdx.x * blockDim.x) / n_pixels);
+    int f = 0, p = 0, code = GD_SKIP;
+    double value = 0.0;
     int64_t cell = -1;
     int32_t sub = 0;
-    if (!gd_thread_pixel(frames, n_frames, pixel_index, n_pixels, frame_stride, s, threshold, fp, ndiv, hmax,
-                         min_valid, overload, &bragg, &f, &p, &value, &code, &cell, &sub))
-        return;
-    if (code == GD_ZINGER) {
-        atomicAdd(zingers, 1ULL);
-        return;
+    bool in_range = gd_thread_pixel(frames, n_frames, pixel_index, n_pixels, frame_stride, s, threshold, fp, ndiv,
+                                    hmax, min_valid, overload, &bragg, &f, &p, &value, &code, &cell, &sub);
+    if (in_range && code == GD_ZINGER) atomicAdd(zingers, 1ULL);
+    if (in_range && (code == GD_DIFFUSE || code == GD_EXCLUDED)) {
+        int64_t key = lut[cell] * n_sub + sub;
+        int set = code == GD_EXCLUDED ? GD_SET_EXCLUDED : GD_SET_DIFFUSE;
+        unsigned long long* ai = acc_int + (int64_t)set * n_int * acc_size;
+        double* af = acc_float + (int64_t)set * n_float * acc_size;
+        double t = fp[f].exposure;
+        long long count = (long long)value;
+        atomicAdd(&ai[GD_I_COUNTS * acc_size + key], (unsigned long long)count);
+        atomicAdd(&ai[GD_I_PIXELS * acc_size + key], 1ULL);
+        atomicAdd(&ai[GD_I_FRAME_SUM * acc_size + key], (unsigned long long)fp[f].frame_index);
+        atomicAdd(&af[GD_F_KT_SUM * acc_size + key], k[p] * t);
+        atomicAdd(&af[GD_F_D3S_SUM * acc_size + key], d3s[p]);
+        atomicAdd(&af[GD_F_IX_SUM * acc_size + key], ix[p]);
+        atomicAdd(&af[GD_F_IY_SUM * acc_size + key], iy[p]);
+        atomicAdd(&af[GD_F_S_SUM * acc_size + key], s_norm[p]);
+        if (n_float > GD_F_BKG_VAR) {  // background run given
+            atomicAdd(&af[GD_F_BKG_SUM * acc_size + key], bkg_rate[p] * t);
+            atomicAdd(&af[GD_F_BKG_VAR * acc_size + key], bkg_var[p] * t * t);
+        }
+        if (c_max >= 0) {  // count histograms
+            if (count > c_max)
+                atomicAdd(&ai[GD_I_OVERFLOW_COUNTS * acc_size + key], (unsigned long long)count);
+            else if (count >= 0)
+                atomicAdd(&hist[((int64_t)set * acc_size + key) * (c_max + 1) + count], 1ULL);
+        }
+        if (set == GD_SET_DIFFUSE && f - first_frame < 2) {
+            int slot = (f - first_frame) * GD_PROFILE_BINS + profile_bin[p];
+            atomicAdd(&block_counts[slot], value);
+            atomicAdd(&block_kt[slot], k[p] * t);
+        } else if (set == GD_SET_DIFFUSE) {  // fewer used pixels than threads in a block: go global
+            atomicAdd(&profile_counts[(int64_t)f * GD_PROFILE_BINS + profile_bin[p]], value);
+            atomicAdd(&profile_kt[(int64_t)f * GD_PROFILE_BINS + profile_bin[p]], k[p] * t);
+        }
     }
-    if (code != GD_DIFFUSE && code != GD_EXCLUDED) return;
-    int64_t key = lut[cell] * n_sub + sub;
-    int set = code == GD_EXCLUDED ? GD_SET_EXCLUDED : GD_SET_DIFFUSE;
-    unsigned long long* ai = acc_int + (int64_t)set * n_int * acc_size;
-    double* af = acc_float + (int64_t)set * n_float * acc_size;
-    double t = fp[f].exposure;
-    long long count = (long long)value;
-    atomicAdd(&ai[GD_I_COUNTS * acc_size + key], (unsigned long long)count);
-    atomicAdd(&ai[GD_I_PIXELS * acc_size + key], 1ULL);
-    atomicAdd(&ai[GD_I_FRAME_SUM * acc_size + key], (unsigned long long)fp[f].frame_index);
-    atomicAdd(&af[GD_F_KT_SUM * acc_size + key], k[p] * t);
-    atomicAdd(&af[GD_F_D3S_SUM * acc_size + key], d3s[p]);
-    atomicAdd(&af[GD_F_IX_SUM * acc_size + key], ix[p]);
-    atomicAdd(&af[GD_F_IY_SUM * acc_size + key], iy[p]);
-    atomicAdd(&af[GD_F_S_SUM * acc_size + key], s_norm[p]);
-    if (n_float > GD_F_BKG_VAR) {  // background run given
-        atomicAdd(&af[GD_F_BKG_SUM * acc_size + key], bkg_rate[p] * t);
-        atomicAdd(&af[GD_F_BKG_VAR * acc_size + key], bkg_var[p] * t * t);
-    }
-    if (c_max >= 0) {  // count histograms
-        if (count > c_max)
-            atomicAdd(&ai[GD_I_OVERFLOW_COUNTS * acc_size + key], (unsigned long long)count);
-        else if (count >= 0)
-            atomicAdd(&hist[((int64_t)set * acc_size + key) * (c_max + 1) + count], 1ULL);
-    }
-    if (set == GD_SET_DIFFUSE) {
-        // isotropic profile of the diffuse pixels, per frame of the chunk: n_replicas copies of the
-        // bins ([frame][replica][bin], replica = thread index mod n_replicas) spread the atomics of
-        // a million pixels over many addresses; the copies are summed once per wedge
-        int64_t slot = ((int64_t)f * n_replicas + (int64_t)(threadIdx.x % n_replicas)) * n_bins + profile_bin[p];
-        atomicAdd(&profile_counts[slot], value);
-        atomicAdd(&profile_kt[slot], k[p] * t);
+    __syncthreads();
+    for (int j = threadIdx.x; j < 2 * GD_PROFILE_BINS; j += blockDim.x) {
+        int frame = first_frame + j / GD_PROFILE_BINS;
+        if (frame < n_frames && (block_counts[j] != 0.0 || block_kt[j] != 0.0)) {
+            atomicAdd(&profile_counts[(int64_t)frame * GD_PROFILE_BINS + j % GD_PROFILE_BINS], block_counts[j]);
+            atomicAdd(&profile_kt[(int64_t)frame * GD_PROFILE_BINS + j % GD_PROFILE_BINS], block_kt[j]);
+        }
     }
 }
 
@@ -124,13 +142,13 @@ __device__ void gd_accumulate_impl(const T* frames, int n_frames, const int64_t*
         const double* d3s, const double* ix, const double* iy, const double* s_norm, const double* bkg_rate, \
         const double* bkg_var, const int64_t* lut, int n_sub, int n_int, int n_float, int c_max,            \
         unsigned long long* acc_int, double* acc_float, unsigned long long* hist, int64_t acc_size,         \
-        unsigned long long* zingers, const int32_t* profile_bin, int n_bins, int n_replicas,                \
-        double* profile_counts, double* profile_kt) {                                                       \
+        unsigned long long* zingers, const int32_t* profile_bin, double* profile_counts,                    \
+        double* profile_kt) {                                                                               \
         GdBragg bragg = GD_BRAGG_MAKE;                                                                      \
         gd_accumulate_impl<T>(frames, n_frames, pixel_index, n_pixels, frame_stride, s, threshold, fp, ndiv, \
                               hmax, min_valid, overload, bragg, k, d3s, ix, iy, s_norm, bkg_rate, bkg_var,  \
                               lut, n_sub, n_int, n_float, c_max, acc_int, acc_float, hist, acc_size,        \
-                              zingers, profile_bin, n_bins, n_replicas, profile_counts, profile_kt);        \
+                              zingers, profile_bin, profile_counts, profile_kt);                            \
     }
 
 GD_INSTANTIATE(uint16_t, u16)

@@ -19,6 +19,9 @@ def test_cuda_field_positions_follow_the_schema():
     assert int_fields() == int_fields(everything)[: len(int_fields())]
     assert float_fields() == float_fields(everything)[: len(float_fields())]
     assert all(f.unit for f in FIELDS)
+    from gpudiffuse.integration import PROFILE_BINS
+
+    assert re.search(r"#define GD_PROFILE_BINS (\d+)", header).group(1) == str(PROFILE_BINS)
 
 
 def _random_rows(rng, n, n_keys):

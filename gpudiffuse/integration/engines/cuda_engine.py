@@ -15,8 +15,8 @@ Two layouts of the accumulators:
 * *compact* (large tables): a first launch marks the cells a chunk touches and rows are given
   to new cells on the device (one synchronisation per chunk to size them).
 
-The per-frame profile lives on the device in ``PROFILE_REPLICAS`` copies (fewer colliding
-atomics) and is summed and copied once per wedge.
+The per-frame profile is privatised per block (a shared-memory histogram, then one global
+add per non-empty bin per block), stays on the device and is copied once per wedge.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ __all__ = ["CudaEngine"]
 _KERNEL_TYPES = {np.dtype(np.uint16): "u16", np.dtype(np.int32): "i32", np.dtype(np.uint32): "u32"}
 _FRAME_PARAMS = np.dtype([("Minv", np.float64, 9), ("exposure", np.float64), ("frame_index", np.float64)])
 _BLOCK = 256
-PROFILE_REPLICAS = 32
 
 
 def _names():
@@ -176,15 +175,14 @@ class CudaEngine:
                 self.rows.assign_touched()  # the one host synchronisation per chunk of the compact layout
                 if self.rows.n_rows > self.capacity:
                     self._allocate(max(2 * self.capacity, self.rows.n_rows))
-            pc = cp.zeros((n, PROFILE_REPLICAS, ctx.n_bins))
-            pk = cp.zeros((n, PROFILE_REPLICAS, ctx.n_bins))
+            pc = cp.zeros((n, ctx.n_bins))
+            pk = cp.zeros((n, ctx.n_bins))
             self.module.get_function(f"gd_accumulate_{kind}")(
                 grid_dim, (_BLOCK,),
                 common + (d["k"], d["d3s"], d["ix"], d["iy"], d["s_norm"], d["bkg_rate"], d["bkg_var"], self.rows.lut,
                           np.int32(self.n_sub), np.int32(len(self.int_names)), np.int32(len(self.float_names)),
                           np.int32(self.c_max), self.acc_int, self.acc_float, self.hist,
-                          np.int64(self.capacity * self.n_sub), self.zingers, d["profile_bin"], np.int32(ctx.n_bins),
-                          np.int32(PROFILE_REPLICAS), pc, pk))
+                          np.int64(self.capacity * self.n_sub), self.zingers, d["profile_bin"], pc, pk))
             self._frames.extend(int(z) for z in frame_numbers)
             self._pc.append(pc)
             self._pk.append(pk)
@@ -195,8 +193,8 @@ class CudaEngine:
             stream.synchronize()
         sets = self._collect_dense() if self.dense else self._collect_compact()
         n_bins = self.context.n_bins
-        pc = cp.asnumpy(cp.concatenate(self._pc).sum(axis=1)) if self._pc else np.zeros((0, n_bins))
-        pk = cp.asnumpy(cp.concatenate(self._pk).sum(axis=1)) if self._pk else np.zeros((0, n_bins))
+        pc = cp.asnumpy(cp.concatenate(self._pc)) if self._pc else np.zeros((0, n_bins))
+        pk = cp.asnumpy(cp.concatenate(self._pk)) if self._pk else np.zeros((0, n_bins))
         out = EngineSums(sets, np.asarray(self._frames, np.int64), pc, pk, int(cp.asnumpy(self.zingers)[0]))
         if not self.dense:
             self.rows.reset()
