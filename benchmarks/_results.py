@@ -28,8 +28,10 @@ def provenance(name: str, device: str) -> dict:
     }
 
 
-def write_result(path: str, result: dict):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(result, f, indent=2)
+def write_result(path: str | None, result: dict):
+    """Write the result as JSON to ``path`` (if given) and print it."""
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(result, f, indent=2)
     print(json.dumps(result, indent=2))

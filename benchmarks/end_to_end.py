@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -71,10 +70,7 @@ def main(argv=None):
               "observation_rows": rows, "observation_table_mb": round(table_mb, 1),
               "cc_with_truth_overall": round(float(accuracy["overall_cc"]), 5),
               "log_tail": child.stderr.strip().splitlines()[-12:]}
-    if args.out:
-        write_result(args.out, result)
-    else:
-        print(json.dumps(result, indent=2))
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

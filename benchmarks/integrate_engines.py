@@ -146,10 +146,7 @@ def main(argv=None):
         "peak_search_s": round(t_peaks, 2),
         "engines": rows,
     }
-    if args.out:
-        write_result(args.out, result)
-    else:
-        print(json.dumps(result, indent=2))
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -66,8 +66,7 @@ def main(argv=None):
             rows[name].append(run(data, name == "scaling", width, os.path.join(args.root, f"out_{name}_{width:g}")))
             print(name, rows[name][-1], flush=True)
     result = {**provenance("wedge_study", "cpu"), "sets": rows}
-    if args.out:
-        write_result(args.out, result)
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":
