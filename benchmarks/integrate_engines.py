@@ -7,7 +7,7 @@ Simulates the preset into --data if it holds no dataset. Each engine runs in its
 (so that peak RSS is its own):
 - ``compile_s``: the first chunk (numba: compilation or loading its on-disk cache; NVRTC on a GPU),
 - ``engine``: the engine alone on frames already in memory (no I/O): frames/s and M pixel-frames/s,
-  pixel-frames = used pixels × frames,
+  pixel-frames = used pixels × frames; the median of ``--repeats`` runs (all listed),
 - ``driver``: ``integrate_sweep`` reading the CBF files (decoding on the prefetch threads),
 - ``peak_rss_mb`` of that process (frames held in memory for the engine-only figure included).
 The peak search (pass 1) is timed once, in the parent.
@@ -68,20 +68,24 @@ def one_engine(args):
     engine.add(frames[:1], np.arange(1), inverse[:1], exposure[:1])
     engine.flush()
     compile_s = time.perf_counter() - t0
-    engine = cls(context)
-    t0 = time.perf_counter()
-    from gpudiffuse.integration.pixels import wedge_numbers
     from gpudiffuse.integration.driver import chunk_plan
+    from gpudiffuse.integration.pixels import wedge_numbers
 
-    rows = 0
-    current = None
-    for wedge, block in chunk_plan(wedge_numbers(sweep.scan, np.arange(n), params), np.arange(n), args.chunk):
-        if current is not None and wedge != current:
-            rows += sum(len(s["pixels"]) for s in engine.flush().sets)
-        current = wedge
-        engine.add(frames[block], block, inverse[block], exposure[block])
-    rows += sum(len(s["pixels"]) for s in engine.flush().sets)
-    engine_s = time.perf_counter() - t0
+    plan = chunk_plan(wedge_numbers(sweep.scan, np.arange(n), params), np.arange(n), args.chunk)
+    times = []
+    for _ in range(args.repeats):  # this VM's timings vary by ±20 %: report the median and range
+        engine = cls(context)
+        t0 = time.perf_counter()
+        rows = 0
+        current = None
+        for wedge, block in plan:
+            if current is not None and wedge != current:
+                rows += sum(len(s["pixels"]) for s in engine.flush().sets)
+            current = wedge
+            engine.add(frames[block], block, inverse[block], exposure[block])
+        rows += sum(len(s["pixels"]) for s in engine.flush().sets)
+        times.append(time.perf_counter() - t0)
+    engine_s = float(np.median(times))
     del frames
     t0 = time.perf_counter()
     result = integrate_sweep(sweep, pixels, grid, search.model, absent, params, args.one)
@@ -89,7 +93,8 @@ def one_engine(args):
     pixel_frames = len(pixels) * n
     print(json.dumps({
         "engine": args.one, "threads": _threads(args.one), "compile_s": round(compile_s, 2),
-        "engine_s": round(engine_s, 3), "engine_frames_per_s": round(n / engine_s, 2),
+        "engine_s": round(engine_s, 3), "engine_s_all": [round(t, 3) for t in times],
+        "engine_frames_per_s": round(n / engine_s, 2),
         "engine_M_pixel_frames_per_s": round(pixel_frames / engine_s / 1e6, 2),
         "driver_s": round(driver_s, 3), "driver_frames_per_s": round(n / driver_s, 2),
         "driver_M_pixel_frames_per_s": round(pixel_frames / driver_s / 1e6, 2),
@@ -112,6 +117,7 @@ def main(argv=None):
     parser.add_argument("--frames", type=int, help="frames to simulate (default: the preset's)")
     parser.add_argument("--ndiv", type=int, nargs=3, default=[3, 3, 3])
     parser.add_argument("--chunk", type=int, default=8, help="frames per chunk")
+    parser.add_argument("--repeats", type=int, default=3, help="engine-only runs (median reported)")
     parser.add_argument("--engines", nargs="+", default=None, help="default: every engine available here")
     parser.add_argument("--out", help="JSON result file")
     parser.add_argument("--one", help=argparse.SUPPRESS)
@@ -131,7 +137,7 @@ def main(argv=None):
     rows = []
     for engine in engines:
         child = subprocess.run([sys.executable, __file__, "--data", args.data, "--ndiv", *map(str, args.ndiv),
-                                "--chunk", str(args.chunk), "--one", engine], capture_output=True, text=True)
+                                "--chunk", str(args.chunk), "--repeats", str(args.repeats), "--one", engine], capture_output=True, text=True)
         if child.returncode != 0:
             raise SystemExit(f"engine {engine} failed:\n{child.stderr}")
         rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
