@@ -194,6 +194,8 @@ def fit_scales(table: dict, groups: np.ndarray, design: Design, options: ScaleOp
             rejected += int(bad.sum())
             keep &= ~bad
             logger.info("scaling: outlier round k=%g rejected %d observations", k, int(bad.sum()))
+            if not bad.any():
+                continue  # the same observations as the last fit: its model stands
         with tqdm(total=options.max_iterations, desc=f"scale ({options.method}) round {round_index}", unit="it",
                   disable=not progress, leave=False) as bar:
             def report(loss):
@@ -217,10 +219,32 @@ def fit_scales(table: dict, groups: np.ndarray, design: Design, options: ScaleOp
                     rejected, options.method)
 
 
+def _enable_compilation_cache(jax) -> None:
+    """JAX's persistent compilation cache in the user's cache folder (XDG), so that a fit of the
+    same shape in a later run loads its compiled code instead of compiling it again.
+    GPUDIFFUSE_JAX_CACHE names another folder; an empty value turns the cache off."""
+    import os  # noqa: PLC0415
+
+    folder = os.environ.get("GPUDIFFUSE_JAX_CACHE")
+    if folder is None:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        folder = os.path.join(base, "gpudiffuse", "jax")
+    if not folder or jax.config.jax_compilation_cache_dir == folder:
+        return
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError:
+        return  # an unwritable home: compile every time
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def _fit_joint(params, design, ops, lam, intensity, weight, group, n_groups, options, preconditioner, report):
     import jax  # noqa: PLC0415
     import jax.numpy as jnp  # noqa: PLC0415
     import optax  # noqa: PLC0415
+
+    _enable_compilation_cache(jax)
 
     with jax.enable_x64(True):
         # per-observation arrays travel as jit arguments, not as constants captured in the trace
