@@ -105,7 +105,7 @@ def _add_processing(p):
     g.add_argument("--wedge", type=float, default=DEFAULT_WEDGE_DEGREES, metavar="DEG",
                    help="rotation per wedge of observations, degrees (default %(default)g; stills: one wedge per "
                         "frame); observations of one voxel in different wedges are scaled separately")
-    g.add_argument("--wedge-frames", type=int, help="frames per wedge instead of --wedge")
+    g.add_argument("--wedge-frames", type=int, metavar="N", help="frames per wedge instead of --wedge")
     g.add_argument("--min-pixels", type=int, default=1, help="drop observations with fewer pixels")
     g.add_argument("--min-counts", type=int, default=0, help="drop observations with fewer counts")
     g.add_argument("--no-air", action="store_true", help="no air-attenuation correction")
