@@ -261,7 +261,9 @@ def _run_simulate(args):
     if os.path.exists(os.path.join(args.outdir, "XDS.INP")):
         raise GpudiffuseError(f"{args.outdir} already holds a dataset; choose an empty folder")
     simulate_dataset(args.outdir, PRESETS[args.preset], ndiv=tuple(args.ndiv), image_format=args.format, **overrides)
-    print(f"simulated dataset written to {args.outdir} (XDS.INP, GXPARM.XDS, experiments.expt, truth.h5)")
+    written = [name for name in ("XDS.INP", "GXPARM.XDS", "experiments.expt", "truth.h5")
+               if os.path.exists(os.path.join(args.outdir, name))]
+    print(f"simulated dataset written to {args.outdir} ({', '.join(written)}; {args.format} frames in frames/)")
 
 
 def _import_parameters(args):
