@@ -25,6 +25,7 @@ from .base import EngineSums, HostAccumulators, register_engine
 __all__ = ["NumbaEngine"]
 
 PIXELS_PER_TASK = 32768
+PIXELS_PER_SEGMENT = 4 * 1024 * 1024  # pixel-frames per pass (32 MB of packed words)
 BLOCK = 512
 _KERNELS = None
 
@@ -207,36 +208,52 @@ class NumbaEngine:
         self._frames, self._pc, self._pk, self._zingers = [], [], [], 0
 
     def add(self, frames, frame_numbers, inverse_setting, exposure):
-        ctx, pix = self.context, self.context.pixels
-        n, n_pix = len(frame_numbers), len(pix)
+        n, n_pix = len(frame_numbers), len(self.context.pixels)
         frames = np.ascontiguousarray(frames.reshape(n, -1))
         inverse = np.ascontiguousarray(inverse_setting, dtype=np.float64)
         exposure = np.ascontiguousarray(exposure, dtype=np.float64)
-        total = n * n_pix
+        frame_numbers = np.asarray(frame_numbers, np.int64)
+        # segments of pixels keep the packed words of one pass (8 bytes per pixel-frame) near the
+        # cache size: a P6M chunk of 8 frames would otherwise write and re-read 364 MB
+        step = max(PIXELS_PER_TASK, (PIXELS_PER_SEGMENT // n) // PIXELS_PER_TASK * PIXELS_PER_TASK)
+        profile_counts = np.zeros((n, self.context.n_bins))
+        profile_kt = np.zeros((n, self.context.n_bins))
+        for start in range(0, n_pix, step):
+            pc, pk = self._add_segment(slice(start, min(start + step, n_pix)), frames, frame_numbers, inverse,
+                                       exposure)
+            profile_counts += pc
+            profile_kt += pk
+        self._frames.extend(int(z) for z in frame_numbers)
+        self._pc.append(profile_counts)
+        self._pk.append(profile_kt)
+
+    def _add_segment(self, seg, frames, frame_numbers, inverse, exposure):
+        """Both passes over the pixels ``seg`` of every frame of the chunk; returns its profile."""
+        ctx, pix, acc = self.context, self.context.pixels, self.acc
+        n, n_seg = len(frame_numbers), seg.stop - seg.start
+        total = n * n_seg
         if self._packed.size < total:  # cell << 17 | sub << 1 | set, or -1: not accumulated
             self._packed = np.empty(total, np.int64)
         packed = self._packed[:total]
-        tasks = (n_pix + PIXELS_PER_TASK - 1) // PIXELS_PER_TASK
+        tasks = (n_seg + PIXELS_PER_TASK - 1) // PIXELS_PER_TASK
         task_pc = np.zeros((tasks, n, ctx.n_bins))
         task_pk = np.zeros((tasks, n, ctx.n_bins))
         task_z = np.zeros(tasks, np.int64)
-        self.decide_chunk(frames, self.pixel_index, *self.s_columns, inverse, self.threshold, self.ndiv, self.hmax,
-                          *ctx.trusted_range, *self.bragg_args, pix.k, exposure, ctx.profile_bin, ctx.n_bins,
-                          packed, self.touched, task_pc, task_pk, task_z)
+        self.decide_chunk(frames, self.pixel_index[seg], *(c[seg] for c in self.s_columns), inverse,
+                          self.threshold[seg], self.ndiv, self.hmax, *ctx.trusted_range, *self.bragg_args, pix.k[seg],
+                          exposure, ctx.profile_bin[seg], ctx.n_bins, packed, self.touched, task_pc, task_pk, task_z)
         touched = np.flatnonzero(self.touched)
         self.touched[touched] = 0
-        acc = self.acc
         acc.assign(touched)
         # the thread that accumulates a cell's voxels: rows dealt round-robin
         self.owner[touched] = acc.rows.lut[touched] % self.n_threads
-        self.accumulate_chunk(frames, self.pixel_index, packed, acc.rows.lut, self.owner, self.n_sub,
-                              np.asarray(frame_numbers, np.int64), exposure, pix.k, pix.d3s, pix.ix, pix.iy,
-                              pix.s_norm, *self.background, acc.c_max, acc.ints, acc.floats, acc.hist,
-                              self.n_threads)
-        self._frames.extend(int(z) for z in frame_numbers)
-        self._pc.append(task_pc.sum(axis=0))
-        self._pk.append(task_pk.sum(axis=0))
+        self.accumulate_chunk(frames, self.pixel_index[seg], packed, acc.rows.lut, self.owner, self.n_sub,
+                              frame_numbers, exposure, pix.k[seg], pix.d3s[seg], pix.ix[seg], pix.iy[seg],
+                              pix.s_norm[seg], self.background[0], self.background[1][seg] if self.background[0]
+                              else self.background[1], self.background[2][seg] if self.background[0]
+                              else self.background[2], acc.c_max, acc.ints, acc.floats, acc.hist, self.n_threads)
         self._zingers += int(task_z.sum())
+        return task_pc.sum(axis=0), task_pk.sum(axis=0)
 
     def flush(self) -> EngineSums:
         sets = self.acc.collect_and_clear()
