@@ -25,8 +25,9 @@ def isotropic_frame_scale(profiles: dict) -> dict:
     """Per-frame scale b(z) of each batch from the isotropic profile of the diffuse pixels.
 
     P(|s|) = Σ counts / Σ K·t over all frames of all batches; b(z) = Σ counts(z) / Σ K·t(z)·P,
-    normalised to a mean of 1 over every frame with data. ``profiles`` maps batch → the
-    profile ({"counts", "kt"}: (n_frames, bins) arrays, from the integration result); returns batch → (n_frames,) array.
+    normalised to a mean of 1 over every frame with data. ``profiles`` maps batch → the profile
+    ({"counts", "kt"}: (n_frames, bins) arrays of the integration result); returns batch →
+    (n_frames,) array.
     """
     total_counts = sum(p["counts"].sum(axis=0) for p in profiles.values())
     total_kt = sum(p["kt"].sum(axis=0) for p in profiles.values())
