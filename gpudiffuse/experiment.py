@@ -111,7 +111,8 @@ def build_masks(sweeps: list[Sweep], params: ImportParameters) -> tuple[list[Swe
         flag = flag_value(first.dtype)
         if flag is not None and sweep.panel.trusted_range[1] > flag:
             # the largest value of the frames' type flags masked pixels (Eiger): never a count
-            sweep = replace(sweep, panel=replace(sweep.panel, trusted_range=(sweep.panel.trusted_range[0], float(flag))))
+            trusted = (sweep.panel.trusted_range[0], float(flag))
+            sweep = replace(sweep, panel=replace(sweep.panel, trusted_range=trusted))
         sources = mask_sources(sweep.panel, first, sweep.untrusted, beamstop, params.mask_chip_borders, pixel_mask)
         mask = np.ones(sweep.panel.shape, dtype=bool)
         for _, masked in sources:
