@@ -181,7 +181,9 @@ def summarise(experiment: Experiment) -> str:
         f"masked        {100 * masked:.2f} % of pixels",
     ]
     for i, sources in enumerate(experiment.mask_sources):
+        sources = [(name, count) for name, count in sources if count > 0]
         if not sources:
+            lines.append(f"mask sources  {'sweep %d: ' % i if len(experiment.sweeps) > 1 else ''}nothing masked")
             continue
         n_pixels = experiment.masks[i].size
         lines.append(f"mask sources  sweep {i} (a pixel may have several):" if len(experiment.sweeps) > 1
