@@ -22,7 +22,7 @@ from .io.images import read_image
 from .io.nxmx import flag_value, is_master, open_master
 from .io.nexus import atomic_nexus, write_provenance
 from .masking.layout import layout_for_size
-from .masking.pixel import Beamstop, mask_sources
+from .masking.pixel import Beamstop, first_frame_source, mask_sources, usable_pixels
 
 __all__ = ["ImportParameters", "Experiment", "load_geometry", "import_experiment", "read_experiment", "summarise"]
 
@@ -95,6 +95,7 @@ def build_masks(sweeps: list[Sweep], params: ImportParameters) -> tuple[list[Swe
     flag value), the masks and, per sweep, the mask sources as (source, masked pixel count)."""
     masks, reports, checked = [], [], []
     beamstop = params.beamstop()
+    static: dict = {}  # sweeps of one detector share their region and pixel_mask sources
     for sweep in sweeps:
         index = None if sweep.image_indices is None else sweep.image_indices[0]
         first = read_image(sweep.images[0], index)
@@ -105,18 +106,19 @@ def build_masks(sweeps: list[Sweep], params: ImportParameters) -> tuple[list[Swe
             )
         if first.dtype.kind == "f" and not np.all(np.isfinite(first)):
             raise MaskError(f"image {sweep.images[0]} contains NaN or infinite values")
-        pixel_mask = None
-        if is_master(sweep.images[0]):
-            pixel_mask = open_master(sweep.images[0]).pixel_mask
+        master = sweep.images[0] if is_master(sweep.images[0]) else None
+        key = (sweep.panel.image_size, sweep.untrusted, master)
+        if key not in static:
+            pixel_mask = None if master is None else open_master(master).pixel_mask
+            static[key] = mask_sources(sweep.panel, None, sweep.untrusted, beamstop, params.mask_chip_borders,
+                                       pixel_mask)
         flag = flag_value(first.dtype)
         if flag is not None and sweep.panel.trusted_range[1] > flag:
             # the largest value of the frames' type flags masked pixels (Eiger): never a count
             trusted = (sweep.panel.trusted_range[0], float(flag))
             sweep = replace(sweep, panel=replace(sweep.panel, trusted_range=trusted))
-        sources = mask_sources(sweep.panel, first, sweep.untrusted, beamstop, params.mask_chip_borders, pixel_mask)
-        mask = np.ones(sweep.panel.shape, dtype=bool)
-        for _, masked in sources:
-            mask &= ~masked
+        sources = static[key] + [first_frame_source(sweep.panel, first)]
+        mask = usable_pixels(sweep.panel.shape, sources)
         if not mask.any():
             raise MaskError(f"every pixel of {sweep.source} is masked")
         checked.append(sweep)
@@ -189,7 +191,5 @@ def summarise(experiment: Experiment) -> str:
         lines.append(f"mask sources  sweep {i} (a pixel may have several):" if len(experiment.sweeps) > 1
                      else "mask sources  (a pixel may have several):")
         for name, count in sources:
-            if count == 0:
-                continue
             lines.append(f"  {count:9d} px {100 * count / n_pixels:7.3f} %  {name}")
     return "\n".join(lines)

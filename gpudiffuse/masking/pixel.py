@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import MaskError
 from .layout import layout_for_size
 
-__all__ = ["Beamstop", "static_pixel_mask", "mask_sources", "region_mask", "frame_valid"]
+__all__ = ["Beamstop", "static_pixel_mask", "mask_sources", "usable_pixels", "region_mask", "frame_valid"]
 
 
 @dataclass(frozen=True)
@@ -103,10 +103,6 @@ def mask_sources(panel, first_frame: np.ndarray | None = None, untrusted=(), bea
                             ~layout.gap_mask()))
             if mask_chip_borders:
                 sources.append(("enlarged chip-border pixels", ~layout.chip_border_mask()))
-    if first_frame is not None:
-        if first_frame.shape != shape:
-            raise MaskError(f"first frame has shape {first_frame.shape}, panel expects {shape}")
-        sources.append(("negative in the first frame (gaps, bad pixels)", first_frame < 0))
     for kind, params in untrusted:
         sources.append((f"untrusted {kind} {tuple(params)}", region_mask(shape, kind, params)))
     if beamstop is not None:
@@ -117,16 +113,31 @@ def mask_sources(panel, first_frame: np.ndarray | None = None, untrusted=(), bea
                             region_mask(shape, "rectangle", beamstop.rectangle)))
         if beamstop.polygon:
             sources.append(("beamstop polygon", region_mask(shape, "polygon", [c for v in beamstop.polygon for c in v])))
+    if first_frame is not None:
+        sources.append(first_frame_source(panel, first_frame))
     return sources
+
+
+def first_frame_source(panel, first_frame: np.ndarray) -> tuple[str, np.ndarray]:
+    """The mask source of pixels negative in the first frame (Pilatus gaps −1, bad pixels −2)."""
+    if first_frame.shape != panel.shape:
+        raise MaskError(f"first frame has shape {first_frame.shape}, panel expects {panel.shape}")
+    return "negative in the first frame (gaps, bad pixels)", first_frame < 0
+
+
+def usable_pixels(shape, sources) -> np.ndarray:
+    """Boolean mask (True = use) of the pixels that none of ``sources`` (from :func:`mask_sources`) masks."""
+    mask = np.ones(shape, dtype=bool)
+    for _, masked in sources:
+        mask &= ~masked
+    return mask
 
 
 def static_pixel_mask(panel, first_frame: np.ndarray | None = None, untrusted=(), beamstop: Beamstop | None = None,
                       mask_chip_borders: bool = False, pixel_mask: np.ndarray | None = None) -> np.ndarray:
     """Boolean (n_slow, n_fast) mask of usable pixels (True = use): no source masks them."""
-    mask = np.ones(panel.shape, dtype=bool)
-    for _, masked in mask_sources(panel, first_frame, untrusted, beamstop, mask_chip_borders, pixel_mask):
-        mask &= ~masked
-    return mask
+    return usable_pixels(panel.shape, mask_sources(panel, first_frame, untrusted, beamstop, mask_chip_borders,
+                                                   pixel_mask))
 
 
 def frame_valid(frames, trusted_range):
