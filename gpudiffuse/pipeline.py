@@ -26,7 +26,7 @@ from .io.nexus import atomic_nexus, read_parameters, step_is_complete, write_pro
 from .masking.peaks import PeakModel, PeakParameters, ThresholdProfile, absent_table, find_peaks
 from .merge import MergeParameters, check_grid_symmetry, expand_to_grid, merge
 from .scaling.fit import apply_scales
-from .observations import concat_rows, isotropic_frame_scale, observation_table
+from .observations import isotropic_frame_scale, observation_table
 from .scaling import ScaleOptions
 
 __all__ = ["ProcessParameters", "process", "resolve_dmin", "format_statistics"]
@@ -136,7 +136,7 @@ def process(params: ProcessParameters, out: str, overwrite: bool = False, progre
     logger.info("device: %s (%s)", backend.name, backend.reason)
     clock = _StepClock()
 
-    clock.step('import')
+    clock.step("import")
     # 1. import
     path = _step_path(out, "experiment")
     p = _params_dict(params, "experiment")
@@ -150,7 +150,7 @@ def process(params: ProcessParameters, out: str, overwrite: bool = False, progre
     dmin = resolve_dmin(experiment, params.integration.dmin)
     logger.info("experiment:\n%s", summarise(experiment))
 
-    clock.step('peaks')
+    clock.step("peaks")
     # 2. peak search (pass 1)
     path = _step_path(out, "peaks")
     p = _params_dict(params, "peaks")
@@ -162,7 +162,7 @@ def process(params: ProcessParameters, out: str, overwrite: bool = False, progre
     else:
         search = _read_peaks(path)
 
-    clock.step('integrate')
+    clock.step("integrate")
     # 3. integration (pass 2)
     path = _step_path(out, "integrate")
     p = _params_dict(params, "integrate")
@@ -172,7 +172,7 @@ def process(params: ProcessParameters, out: str, overwrite: bool = False, progre
     else:
         tables = _read_integrate(path)
 
-    clock.step('scale')
+    clock.step("scale")
     # 4. scaling (after subtracting the background run, if any)
     observations = _subtract_background(tables["observations"])
     scale_fit, unscaled = None, None
@@ -189,7 +189,7 @@ def process(params: ProcessParameters, out: str, overwrite: bool = False, progre
             tables["excluded"] = apply_scales_to_other(experiment, _subtract_background(tables["excluded"]),
                                                        scale_fit, params.integration.ndiv, params.scaling)
 
-    clock.step('merge')
+    clock.step("merge")
     # 5. merge
     crystal = experiment.sweeps[0].crystal
     metric = crystal.A.T @ crystal.A
@@ -217,7 +217,7 @@ def process(params: ProcessParameters, out: str, overwrite: bool = False, progre
         g = entry.create_group("statistics")
         for key, values in stats.items():
             g[key] = values
-    clock.step('map')
+    clock.step("map")
     # 6. map
     path = _step_path(out, "map")
     intensity, errors, axes = expand_to_grid(merged, space_group, params.integration.ndiv)
@@ -337,7 +337,8 @@ def _write_merged_group(entry, name, merged, crystal, ndiv):
 def _integrate(experiment, search, dmin, params, backend, progress):
     from tqdm import tqdm  # noqa: PLC0415
 
-    from .integration.blocks import BlockTask, plan_blocks, run_blocks  # noqa: PLC0415
+    from .integration.blocks import BlockTask, run_blocks  # noqa: PLC0415
+    from .integration.driver import wedge_blocks  # noqa: PLC0415
 
     crystal = experiment.sweeps[0].crystal
     grid = VoxelGrid.for_crystal(crystal.real_space_axes, dmin * 0.98, params.integration.ndiv)
@@ -350,7 +351,7 @@ def _integrate(experiment, search, dmin, params, backend, progress):
         if search is not None:
             mask = mask & ~search.hot_pixels[i]
             threshold = search.thresholds[i]
-        for frames in plan_blocks(sweep, params.integration, execution.blocks_per_sweep):
+        for frames in wedge_blocks(sweep, params.integration, execution.blocks_per_sweep):
             tasks.append(BlockTask(sweep, mask, dmin, grid, params.integration, frames, execution.engine, threshold,
                                    None if search is None else search.model, absent, params.background))
     bar = tqdm(total=sum(len(t.frames) for t in tasks), desc="integrate", unit="frame", disable=not progress)
@@ -361,12 +362,11 @@ def _integrate(experiment, search, dmin, params, backend, progress):
         logger.info("dropped %d zinger pixel-frames (strong pixels far from any allowed reflection)", zingers)
     profiles = {batch: {"counts": result.profile_counts[batch], "kt": result.profile_kt[batch]}
                 for batch in result.profile_counts}
-    diffuse, excluded = [result.diffuse.rows()], [result.excluded.rows()]
     scale = isotropic_frame_scale(profiles) if params.scale == "isotropic" else None
     volume = crystal.reciprocal_volume
     ndiv = params.integration.ndiv
-    obs = observation_table(concat_rows(diffuse), volume, ndiv, scale, params.min_pixels, params.min_counts)
-    exc = observation_table(concat_rows(excluded), volume, ndiv, scale, 1, 0)
+    obs = observation_table(result.diffuse.rows(), volume, ndiv, scale, params.min_pixels, params.min_counts)
+    exc = observation_table(result.excluded.rows(), volume, ndiv, scale, 1, 0)
     if not obs:
         raise GridError("no observation survived: every pixel is masked or outside the resolution limit")
     return {"observations": obs, "excluded": exc, "frame_scale": scale or {}, "zingers": zingers}

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import DeviceError, ImageError
-from .driver import integrate_sweep, wedge_blocks
-from .pixels import frame_list, prepare_pixels
-from .record import AccumulatorRecord, IntegrationResult
+from .driver import integrate_sweep
+from .pixels import prepare_pixels
+from .record import IntegrationResult
 
-__all__ = ["BlockTask", "run_block", "run_blocks", "sum_results", "load_background", "Execution"]
+__all__ = ["BlockTask", "run_block", "run_blocks", "load_background", "Execution"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,31 +99,6 @@ def run_block(task: BlockTask) -> IntegrationResult:
                            background, frames=task.frames)
 
 
-def sum_results(results: list[IntegrationResult]) -> IntegrationResult:
-    """Sum block results in one canonical sort (equal to adding them pairwise)."""
-    results = [r for r in results if r is not None]
-    if not results:
-        return IntegrationResult(AccumulatorRecord.empty(), AccumulatorRecord.empty())
-    records = {}
-    for name in ("diffuse", "excluded"):
-        parts = [getattr(r, name).columns for r in results if len(getattr(r, name))]
-        records[name] = AccumulatorRecord.from_columns(
-            {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}) if parts else AccumulatorRecord.empty()
-    profile = IntegrationResult(AccumulatorRecord.empty(), AccumulatorRecord.empty())
-    for r in results:
-        profile = profile + IntegrationResult(AccumulatorRecord.empty(), AccumulatorRecord.empty(),
-                                              r.profile_counts, r.profile_kt, r.zingers)
-    return IntegrationResult(records["diffuse"], records["excluded"], profile.profile_counts, profile.profile_kt,
-                             profile.zingers)
-
-
-def plan_blocks(sweep, params, n_blocks: int) -> list[np.ndarray]:
-    """Blocks of whole wedges for one sweep (one block = every frame when n_blocks is 1)."""
-    if n_blocks <= 1:
-        return [frame_list(sweep, params.frames)]
-    return wedge_blocks(sweep, params, n_blocks)
-
-
 def run_blocks(tasks: list[BlockTask], execution: Execution, progress_bar=None) -> IntegrationResult:
     """Run the tasks where ``execution`` says and sum their results in task order."""
     def done(task):
@@ -144,7 +119,7 @@ def run_blocks(tasks: list[BlockTask], execution: Execution, progress_bar=None) 
             for task, future in zip(tasks, futures):
                 results.append(future.result())
                 done(task)
-        return sum_results(results)
+        return IntegrationResult.sum(results)
     if execution.engine == "cpu":
         import numba  # noqa: PLC0415
 
@@ -153,7 +128,7 @@ def run_blocks(tasks: list[BlockTask], execution: Execution, progress_bar=None) 
     for task in tasks:
         results.append(run_block(task))
         done(task)
-    return sum_results(results)
+    return IntegrationResult.sum(results)
 
 
 def _run_dask(tasks, execution, done):
@@ -185,7 +160,7 @@ def _run_dask(tasks, execution, done):
         client.close()
         if cluster is not None:
             cluster.close()
-    return sum_results(results)
+    return IntegrationResult.sum(results)
 
 
 def load_background(template, sweep, mask):

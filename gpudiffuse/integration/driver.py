@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..io.frames import FrameSource
+from ..observations import concat_rows
 from .engines.base import BraggTest, SweepContext, engine_class
 from .pixels import PROFILE_BINS, frame_list, profile_edges, wedge_numbers
 from .record import AccumulatorRecord, IntegrationResult
@@ -91,12 +92,6 @@ def integrate_sweep(sweep, pixels, grid, peak_model, absent, params, engine: str
             progress_bar.update(len(block))
     if current is not None:
         flush(current)
-    return IntegrationResult(_record(blocks["diffuse"]), _record(blocks["excluded"]),
+    return IntegrationResult(AccumulatorRecord.from_columns(concat_rows(blocks["diffuse"])),
+                             AccumulatorRecord.from_columns(concat_rows(blocks["excluded"])),
                              {sweep.batch: profile_counts}, {sweep.batch: profile_kt}, zingers)
-
-
-def _record(parts: list[dict]) -> AccumulatorRecord:
-    parts = [p for p in parts if len(p["H"])]
-    if not parts:
-        return AccumulatorRecord.empty()
-    return AccumulatorRecord.from_columns({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})

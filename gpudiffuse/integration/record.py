@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..observations import concat_rows
+
 __all__ = ["Field", "FIELDS", "KEY", "AccumulatorRecord", "IntegrationResult", "int_fields", "float_fields",
            "DEFAULT_HISTOGRAM_MAX"]
 
@@ -86,15 +88,20 @@ class AccumulatorRecord:
         return 0 if not self.columns else len(self.columns["H"])
 
     def __add__(self, other: "AccumulatorRecord") -> "AccumulatorRecord":
-        if not len(other):
-            return self
-        if not len(self):
-            return other
-        if set(self.columns) != set(other.columns):
-            raise ValueError("cannot add accumulator records with different fields "
-                             f"({sorted(self.columns)} vs {sorted(other.columns)})")
-        joined = {k: np.concatenate([self.columns[k], other.columns[k]]) for k in self.columns}
-        return AccumulatorRecord(_sorted_unique(joined))
+        return AccumulatorRecord.sum([self, other])
+
+    @classmethod
+    def sum(cls, records) -> "AccumulatorRecord":
+        """The sum of any number of records, in one canonical sort (equal to adding them pairwise)."""
+        parts = [r for r in records if len(r)]
+        if len(parts) < 2:
+            return parts[0] if parts else cls.empty()
+        fields = set(parts[0].columns)
+        for r in parts[1:]:
+            if set(r.columns) != fields:
+                raise ValueError("cannot add accumulator records with different fields "
+                                 f"({sorted(fields)} vs {sorted(r.columns)})")
+        return cls(_sorted_unique(concat_rows([r.columns for r in parts])))
 
     def rows(self) -> dict:
         """The columns as a plain dict (empty dict for an empty record)."""
@@ -153,12 +160,19 @@ class IntegrationResult:
     zingers: int = 0
 
     def __add__(self, other: "IntegrationResult") -> "IntegrationResult":
-        counts, kt = dict(self.profile_counts), dict(self.profile_kt)
-        for batch in other.profile_counts:
-            if batch in counts:
-                counts[batch] = counts[batch] + other.profile_counts[batch]
-                kt[batch] = kt[batch] + other.profile_kt[batch]
-            else:
-                counts[batch], kt[batch] = other.profile_counts[batch], other.profile_kt[batch]
-        return IntegrationResult(self.diffuse + other.diffuse, self.excluded + other.excluded, counts, kt,
-                                 self.zingers + other.zingers)
+        return IntegrationResult.sum([self, other])
+
+    @classmethod
+    def sum(cls, results) -> "IntegrationResult":
+        """The sum of block results: records in one canonical sort, profiles frame by frame."""
+        results = list(results)
+        counts, kt = {}, {}
+        for r in results:
+            for batch in r.profile_counts:
+                if batch in counts:
+                    counts[batch] = counts[batch] + r.profile_counts[batch]
+                    kt[batch] = kt[batch] + r.profile_kt[batch]
+                else:
+                    counts[batch], kt[batch] = r.profile_counts[batch], r.profile_kt[batch]
+        return cls(AccumulatorRecord.sum(r.diffuse for r in results), AccumulatorRecord.sum(r.excluded for r in results),
+                   counts, kt, sum(r.zingers for r in results))

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from gpudiffuse.integration import IntegrationParameters, available_engines, integrate_sweep
-from gpudiffuse.integration.blocks import BlockTask, run_block, sum_results
+from gpudiffuse.integration.blocks import BlockTask, run_block
+from gpudiffuse.integration.record import IntegrationResult
 from gpudiffuse.integration.driver import wedge_blocks
 
 import host_cuda  # noqa: F401  (registers the "cuda-host" engine: integrate.cu built for the CPU)
@@ -74,7 +75,7 @@ def test_blocks_of_wedges_sum_to_one_pass(engine, tiny_dataset):
     assert len(blocks) == 3 and sum(len(b) for b in blocks) == sweep.scan.num_frames
     tasks = [BlockTask(sweep, mask, dmin, grid, params, frames, engine, threshold, model, absent)
              for frames in reversed(blocks)]
-    summed = sum_results([run_block(t) for t in tasks])
+    summed = IntegrationResult.sum([run_block(t) for t in tasks])
     assert_records_equal(summed.diffuse, whole.diffuse, float_rtol=float_rtol)
     assert_records_equal(summed.excluded, whole.excluded, float_rtol=float_rtol)
     np.testing.assert_allclose(summed.profile_counts[0], whole.profile_counts[0], rtol=float_rtol)
