@@ -230,6 +230,7 @@ class NumbaEngine:
     def _add_segment(self, seg, frames, frame_numbers, inverse, exposure):
         """Both passes over the pixels ``seg`` of every frame of the chunk; returns its profile."""
         ctx, pix, acc = self.context, self.context.pixels, self.acc
+        with_background, rate, variance = self.background  # without one, the empty slices are never read
         n, n_seg = len(frame_numbers), seg.stop - seg.start
         total = n * n_seg
         if self._packed.size < total:  # cell << 17 | sub << 1 | set, or -1: not accumulated
@@ -249,9 +250,8 @@ class NumbaEngine:
         self.owner[touched] = acc.rows.lut[touched] % self.n_threads
         self.accumulate_chunk(frames, self.pixel_index[seg], packed, acc.rows.lut, self.owner, self.n_sub,
                               frame_numbers, exposure, pix.k[seg], pix.d3s[seg], pix.ix[seg], pix.iy[seg],
-                              pix.s_norm[seg], self.background[0], self.background[1][seg] if self.background[0]
-                              else self.background[1], self.background[2][seg] if self.background[0]
-                              else self.background[2], acc.c_max, acc.ints, acc.floats, acc.hist, self.n_threads)
+                              pix.s_norm[seg], with_background, rate[seg], variance[seg], acc.c_max, acc.ints,
+                              acc.floats, acc.hist, self.n_threads)
         self._zingers += int(task_z.sum())
         return task_pc.sum(axis=0), task_pk.sum(axis=0)
 
