@@ -18,8 +18,8 @@ from .geometry.model import Sweep
 from .geometry.serialize import read_sweeps, write_sweep_group
 from .geometry.vectors import edge_resolution
 from .geometry.xds import load_xds
-from .io.images import read_image
-from .io.nxmx import flag_value, is_master, open_master
+from .io.images import is_hdf5, read_image
+from .io.nxmx import flag_value, open_master
 from .io.nexus import atomic_nexus, write_provenance
 from .masking.layout import layout_for_size
 from .masking.pixel import Beamstop, first_frame_source, mask_sources, usable_pixels
@@ -106,7 +106,7 @@ def build_masks(sweeps: list[Sweep], params: ImportParameters) -> tuple[list[Swe
             )
         if first.dtype.kind == "f" and not np.all(np.isfinite(first)):
             raise MaskError(f"image {sweep.images[0]} contains NaN or infinite values")
-        master = sweep.images[0] if is_master(sweep.images[0]) else None
+        master = sweep.images[0] if is_hdf5(sweep.images[0]) else None
         key = (sweep.panel.image_size, sweep.untrusted, master)
         if key not in static:
             pixel_mask = None if master is None else open_master(master).pixel_mask

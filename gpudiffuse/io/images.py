@@ -16,14 +16,15 @@ import numpy as np
 
 from ..errors import ImageError
 
-__all__ = ["read_image", "read_header", "expand_template", "hdf5_frame_count"]
+__all__ = ["read_image", "read_header", "expand_template", "hdf5_frame_count", "is_hdf5"]
 
 logger = logging.getLogger(__name__)
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".nxs")
 
 
-def _is_hdf5(path: str) -> bool:
+def is_hdf5(path: str) -> bool:
+    """True for HDF5/NeXus image files (Eiger masters and data files), by suffix."""
     return str(path).lower().endswith(HDF5_SUFFIXES)
 
 
@@ -59,7 +60,7 @@ def read_image(path: str, index: int | None = None) -> np.ndarray:
     ``index`` is the 0-based frame inside a multi-frame HDF5 file (ignored otherwise).
     """
     path = str(path)
-    if _is_hdf5(path):
+    if is_hdf5(path):
         from .nxmx import read_frame  # noqa: PLC0415
 
         return read_frame(path, index)

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import ImageError
 
-__all__ = ["EigerMaster", "open_master", "read_frame", "is_master", "master_of_template", "PIXEL_MASK_BITS",
+__all__ = ["EigerMaster", "open_master", "read_frame", "master_of_template", "PIXEL_MASK_BITS",
            "flag_value"]
 
 PIXEL_MASK_BITS = {0: "gap", 1: "dead", 2: "under-responding", 3: "over-responding", 4: "noisy",
@@ -75,10 +75,6 @@ def flag_value(dtype) -> int | None:
     """The value that flags a masked pixel in frames of integer ``dtype`` (its maximum)."""
     dtype = np.dtype(dtype)
     return int(np.iinfo(dtype).max) if dtype.kind in "ui" else None
-
-
-def is_master(path: str) -> bool:
-    return str(path).lower().endswith((".h5", ".hdf5", ".nxs"))
 
 
 _DATA_NAME = re.compile(r"^(?P<prefix>.*?)_(?:data_)?(?:\d{6}|\?{6})\.h5$")
