@@ -136,18 +136,21 @@ def _add_processing(p):
 
 def _add_scaling(p):
     s = p.add_argument_group("scaling model (DESIGN §10)")
-    s.add_argument("--scale-method", default="joint", choices=["joint", "alternating"],
-                   help="joint: all components at once with optax L-BFGS (default); alternating: one component "
-                        "at a time by linear least squares (the mdx-lib/mdx2 baseline)")
+    s.add_argument("--scale-method", default="joint", choices=["joint", "lbfgs", "alternating"],
+                   help="joint: all components at once by Gauss-Newton with the merged intensities eliminated "
+                        "(default; converges in a few iterations, gives uncertainties); lbfgs: all at once with "
+                        "optax L-BFGS; alternating: one component at a time by linear least squares (the "
+                        "mdx-lib/mdx2 baseline)")
     s.add_argument("--b-frames", type=int, default=5, help="frames between control points of b (default 5)")
     s.add_argument("--c-nodes", type=int, default=6, metavar="NS", help="control points of c along |s| (default 6)")
     s.add_argument("--c-frames", type=int, default=20,
                    help="frames between control points of c, over the longest sweep (default 20)")
     s.add_argument("--a-nodes", type=int, nargs=2, default=[5, 5], metavar=("NX", "NY"),
                    help="control points of a across the detector (default 5 5)")
-    s.add_argument("--a-frames", type=int, default=20,
+    s.add_argument("--a-frames", "--frames-per-a-node", dest="a_frames", type=int, default=20,
                    help="frames between control points of a, over the longest sweep (default 20)")
-    s.add_argument("--scale-iterations", type=int, default=500, help="iterations per fit round (default 500)")
+    s.add_argument("--scale-iterations", type=int, default=500,
+                   help="iteration limit per fit round (default 500; Gauss-Newton needs a handful)")
     s.add_argument("--pin-c", action="store_true",
                    help="fix the offset shared by c and the merged intensities by pinning one node of c instead of "
                         "removing c's frame-independent part (use when b changes faster than c's frame nodes follow)")

@@ -66,6 +66,9 @@ class ScaleParams(NamedTuple):
     d: DRegions
 
 
+METHODS = ("joint", "lbfgs", "alternating")
+
+
 @dataclass(frozen=True)
 class ScaleOptions:
     """Grid sizes and fit settings.
@@ -78,6 +81,11 @@ class ScaleOptions:
     multipliers : relative weights of the penalties (× trace(data)/trace(penalty)); ``radial_a``
     weighs the constraint that a has no part depending on |s| alone (see :func:`radial_operator`).
     outlier_rounds : k of the successive two-sided rejections |r| > k·rms.
+    method : ``joint`` (Gauss–Newton, default), ``lbfgs`` (optax) or ``alternating`` (baseline).
+    max_iterations : iteration limit per round. Gauss–Newton stops when the Newton decrement
+    gᵀH⁻¹g ≤ ``gradient_tolerance`` × loss or no model value moves by more than
+    ``step_tolerance`` (relative to max(1, |v|)); L-BFGS and the alternating fit when the loss
+    falls by less than ``tolerance`` (relative) per iteration over ten iterations.
     """
 
     frames_per_b_node: int = 5
@@ -96,10 +104,14 @@ class ScaleOptions:
     max_iterations: int = 500
     tolerance: float = 1e-9
     method: str = "joint"
+    step_tolerance: float = 1e-8
+    gradient_tolerance: float = 1e-10
 
     def __post_init__(self):
-        if self.method not in ("joint", "alternating"):
-            raise GpudiffuseError(f"unknown scaling method {self.method!r} (joint or alternating)")
+        if self.method not in METHODS:
+            raise GpudiffuseError(f"unknown scaling method {self.method!r} ({', '.join(METHODS)})")
+        if self.max_iterations < 1:
+            raise GpudiffuseError(f"the scaling iteration limit must be at least 1 (got {self.max_iterations})")
         counts = [n for n in (*self.c_nodes, *self.a_nodes) if n is not None]
         spacings = (self.frames_per_b_node, self.frames_per_c_node, self.frames_per_a_node)
         if len(self.c_nodes) != 2 or len(self.a_nodes) != 3:

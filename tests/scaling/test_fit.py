@@ -101,7 +101,7 @@ def test_curvature_diagonal_matches_autodiff_jacobian():
     import jax
     import jax.numpy as jnp
 
-    from gpudiffuse.scaling.fit import _data_curvature, _merged
+    from gpudiffuse.scaling.loss import data_curvature, merged_intensity
 
     table, truth, design = problem("two_batches")
     rows = np.arange(0, len(table["rate"]), 40)  # a subset keeps the dense Jacobian small
@@ -111,7 +111,7 @@ def test_curvature_diagonal_matches_autodiff_jacobian():
     _, group = np.unique(sub["H"], return_inverse=True)
     weight = 1.0 / sub["sigma"] ** 2
     n_groups = group.max() + 1
-    merged = _merged(sub["rate"], weight, group, n_groups, np.ones(len(rows)), np.zeros(len(rows)))[group]
+    merged = merged_intensity(sub["rate"], weight, group, n_groups, np.ones(len(rows)), np.zeros(len(rows)))[group]
 
     def prediction(b, c, a, d):
         interp = lambda v, i, w: (v[i] * w).sum(axis=1)  # noqa: E731
@@ -122,6 +122,6 @@ def test_curvature_diagonal_matches_autodiff_jacobian():
         start = (jnp.ones(design.n_b), jnp.zeros(design.n_c), jnp.ones(design.n_a), jnp.ones(design.n_regions))
         jacobians = jax.jacfwd(prediction, argnums=(0, 1, 2, 3))(*start)
         expected = [np.asarray((weight[:, None] * np.asarray(j) ** 2).sum(axis=0)) for j in jacobians]
-    curvature = _data_curvature(sub_design, sub["rate"], weight, group, n_groups)
+    curvature = data_curvature(sub_design, sub["rate"], weight, group, n_groups)
     for got, want in zip((curvature.b, curvature.c, curvature.a, curvature.d), expected):
         np.testing.assert_allclose(got.values, want, rtol=1e-10)

@@ -7,7 +7,7 @@ import pytest
 
 from gpudiffuse.errors import GpudiffuseError
 from gpudiffuse.scaling import ScaleOptions, build_design, fit_scales
-from gpudiffuse.scaling.fit import _penalty
+from gpudiffuse.scaling.loss import penalty_loss
 from gpudiffuse.scaling.model import effective, initial_params, penalty_operators
 from gpudiffuse.simulate import simulate_observation_table
 
@@ -60,8 +60,8 @@ def test_penalty_operators_are_sparse_and_jax_matches_numpy():
              + lam["a_radial"] * np.sum((ops["a_radial"].toarray() @ a) ** 2) + lam["d"] * np.sum((d - 1) ** 2))
     with jax.enable_x64(True):
         jax_params = jax.tree_util.tree_map(jnp.asarray, params)
-        got_jax = float(_penalty(jax_params, design, ops, lam, jnp))
-    assert _penalty(params, design, ops, lam) == pytest.approx(dense, rel=1e-12)
+        got_jax = float(penalty_loss(jax_params, design, ops, lam, jnp))
+    assert penalty_loss(params, design, ops, lam) == pytest.approx(dense, rel=1e-12)
     assert got_jax == pytest.approx(dense, rel=1e-10)
 
 
@@ -79,7 +79,7 @@ def test_low_rank_penalty_solve_equals_the_dense_solution():
     """The baseline's Woodbury treatment of the dense radial rows gives the normal-equation solution."""
     import scipy.sparse as sp
 
-    from gpudiffuse.scaling.fit import _solve
+    from gpudiffuse.scaling.alternating import _solve
 
     rng = np.random.default_rng(5)
     x = sp.random(400, 30, density=0.2, random_state=6, format="csr")

@@ -1,0 +1,141 @@
+"""The joint fit: Gauss–Newton on :func:`.residuals.residuals`, compiled once per problem shape.
+
+One :class:`JointProblem` per observation table: the device arrays, the reduced basis, the voxel
+order and the solver (with its cached normal matrix) live across the outlier rounds, which only
+change the weights (an argument of the compiled functions, never a constant baked into them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from .gauss_newton import Solver, VoxelOrder, normal_matrix
+from .model import ASurface, BScale, COffset, Design, DRegions, ScaleParams, effective
+from .residuals import (observation_partials, observation_residuals, reduced_basis, residuals, scaling_data,
+                        stacked_penalty)
+
+__all__ = ["JointProblem", "enable_compilation_cache", "jax_device"]
+
+_COMPILED = {}
+
+
+def enable_compilation_cache(jax) -> None:
+    """JAX's persistent compilation cache in the user's cache folder (XDG), so that a fit of the
+    same shape in a later run loads its compiled code instead of compiling it again.
+    GPUDIFFUSE_JAX_CACHE names another folder; an empty value turns the cache off."""
+    folder = os.environ.get("GPUDIFFUSE_JAX_CACHE")
+    if folder is None:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        folder = os.path.join(base, "gpudiffuse", "jax")
+    if not folder or jax.config.jax_compilation_cache_dir == folder:
+        return
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError:
+        return  # an unwritable home: compile every time
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
+def jax_device() -> str:
+    """The device JAX computes on, e.g. 'cpu' or 'gpu (NVIDIA H200)'."""
+    import jax  # noqa: PLC0415
+
+    device = jax.devices()[0]
+    return device.platform if device.platform == "cpu" else f"{device.platform} ({device.device_kind})"
+
+
+def _compiled():
+    """The jitted functions, created once per process (jax.jit caches the compilations per shape)."""
+    if not _COMPILED:
+        import jax  # noqa: PLC0415
+        import jax.numpy as jnp  # noqa: PLC0415
+
+        def half_loss(theta, data):
+            r_data, r_penalty = residuals(theta, data)
+            return 0.5 * (jnp.sum(r_data * r_data) + jnp.sum(r_penalty * r_penalty))
+
+        def evaluate(theta, data):
+            r, _ = observation_residuals(theta, data)
+            r_data, r_penalty = residuals(theta, data)
+            return jnp.sum(r_data * r_data), jnp.sum(r_penalty * r_penalty), r
+
+        _COMPILED["value_and_grad"] = jax.jit(jax.value_and_grad(half_loss))
+        _COMPILED["partials"] = jax.jit(observation_partials)
+        _COMPILED["evaluate"] = jax.jit(evaluate)
+    return _COMPILED
+
+
+class JointProblem:
+    """A scaling problem set up for Gauss–Newton: ``fit`` runs one round from θ with given weights."""
+
+    def __init__(self, design: Design, ops: dict, lam: dict, intensity, weight, group, n_groups: int, options):
+        import jax  # noqa: PLC0415
+
+        enable_compilation_cache(jax)
+        self.design = design
+        self.basis = reduced_basis(design, ops)
+        q, target = stacked_penalty(design, ops, lam)
+        self.penalty_gram = (q.T @ q).toarray()
+        self.voxels = VoxelOrder.of(group, n_groups, self.basis.offset.size)
+        with jax.enable_x64(True):
+            self.data = scaling_data(design, self.basis, (q, target), intensity, np.sqrt(weight), group, n_groups)
+        functions = _compiled()
+        t = self.basis.matrix
+
+        def value_and_grad(theta):
+            with jax.enable_x64(True):
+                value, grad = functions["value_and_grad"](np.asarray(theta, np.float64), self.data)
+                return float(value), np.asarray(grad, dtype=np.float64)
+
+        def assemble(theta):
+            with jax.enable_x64(True):
+                partials = np.asarray(functions["partials"](np.asarray(theta, np.float64), self.data))
+            h = normal_matrix(partials, design, self.voxels, self.penalty_gram)
+            return np.asarray((t.T @ (t.T @ h).T).T)
+
+        self.solver = Solver(value_and_grad, assemble, options.step_tolerance, options.gradient_tolerance,
+                             value_map=lambda step: t @ step)
+
+    def theta_of(self, params: ScaleParams) -> np.ndarray:
+        values = np.concatenate([np.asarray(x, np.float64) for x in effective(params, self.design)])
+        return self.basis.theta(values)
+
+    def params_of(self, theta) -> ScaleParams:
+        d = self.design
+        v = self.basis.values(theta)
+        edges = np.cumsum([0, d.n_b, d.n_c, d.n_a, d.n_regions])
+        b, c, a, r = (v[edges[i]:edges[i + 1]] for i in range(4))
+        return ScaleParams(BScale(b), COffset(c), ASurface(a), DRegions(r))
+
+    def fit(self, theta, weight, max_iterations, report):
+        import jax  # noqa: PLC0415
+        import jax.numpy as jnp  # noqa: PLC0415
+
+        with jax.enable_x64(True):
+            self.data = dataclasses.replace(self.data, sqrt_weight=jnp.asarray(np.sqrt(weight)))
+        return self.solver.run(theta, max_iterations, report)
+
+    def evaluate(self, theta, weight):
+        """(data χ², penalty, unweighted residuals (N,)) at θ with Î merged under ``weight``."""
+        import jax  # noqa: PLC0415
+        import jax.numpy as jnp  # noqa: PLC0415
+
+        with jax.enable_x64(True):
+            data = dataclasses.replace(self.data, sqrt_weight=jnp.asarray(np.sqrt(weight)))
+            chi2, penalty, r = _compiled()["evaluate"](np.asarray(theta, np.float64), data)
+            return float(chi2), float(penalty), np.asarray(r)
+
+    def uncertainties(self, theta, variance_scale: float) -> ScaleParams:
+        """σ of every model value from the Gauss–Newton normal matrix: diag(T C Tᵀ), C = s·H⁻¹."""
+        covariance = self.solver.covariance(theta, variance_scale)
+        t = self.basis.matrix
+        variance = np.asarray(t.multiply(t @ covariance).sum(axis=1)).ravel() if t.shape[1] else np.zeros(t.shape[0])
+        d = self.design
+        sigma = np.sqrt(np.maximum(variance, 0.0))
+        edges = np.cumsum([0, d.n_b, d.n_c, d.n_a, d.n_regions])
+        b, c, a, r = (sigma[edges[i]:edges[i + 1]] for i in range(4))
+        return ScaleParams(BScale(b), COffset(c), ASurface(a), DRegions(r))
