@@ -201,8 +201,7 @@ def _report(result, format_statistics):
             print(f"WARNING: {message}")
     fit = result.get("scale_fit")
     if fit is not None:
-        print(f"scaling ({fit.method}): chi2 {fit.chi2_before:.6g} -> {fit.chi2_after:.6g} in {fit.iterations} "
-              f"iterations ({'converged' if fit.converged else 'NOT converged'}), {fit.rejected} outliers rejected")
+        print(fit.summary())
     print(f"merged {len(result['merged']['intensity'])} ASU voxels to {result['dmin']:.3f} Å "
           f"({result['rejected']} outlier observations rejected)")
     print(format_statistics(result["statistics"]))
@@ -231,8 +230,7 @@ def _run_scale(args):
     table = _subtract_background(_read_integrate(integrate_path)["observations"])
     fit = fit_observations(experiment, table, ndiv, options)
     write_scale(out_path, fit, {"scaling": asdict(options)}, None)
-    print(f"scaling ({fit.method}): chi2 {fit.chi2_before:.6g} -> {fit.chi2_after:.6g}, {fit.iterations} iterations, "
-          f"{'converged' if fit.converged else 'NOT converged'}, {fit.rejected} outliers rejected")
+    print(fit.summary())
     crystal = experiment.sweeps[0].crystal
     metric = crystal.A.T @ crystal.A
     before = merge(table, experiment.space_group, ndiv, metric)[1]

@@ -261,9 +261,7 @@ def fit_observations(experiment, table, ndiv, options, progress=True):
 
     design, groups, batches = _scale_design(experiment, table, ndiv, options)
     fit = fit_scales(table, groups, design, options, batches, progress)
-    logger.info("scaling (%s): χ² %.6g → %.6g in %d iterations (%s), %d outliers rejected", fit.method,
-                fit.chi2_before, fit.chi2_after, fit.iterations, "converged" if fit.converged else "NOT converged",
-                fit.rejected)
+    logger.info("%s", fit.summary())
     return fit
 
 
@@ -285,15 +283,29 @@ def write_scale(path, fit, parameters, backend):
             g[name] = getattr(fit.params, name).values
         g["b"].attrs["shape"], g["c"].attrs["shape"], g["a"].attrs["shape"] = (
             fit.design.shape_b, fit.design.shape_c, fit.design.shape_a)
+        # b, a, d are dimensionless factors; c is in the unit of the observation table's rate
+        for name in ("b", "a", "d"):
+            g[name].attrs["units"] = "1"
+        g["c"].attrs["units"] = "rate (counts per unit of corrected exposure, as the observation table)"
+        if fit.sigmas is not None:  # standard uncertainties from the Gauss-Newton normal matrix
+            for name in ("b", "c", "a", "d"):
+                g[f"{name}_sigma"] = getattr(fit.sigmas, name).values
+                g[f"{name}_sigma"].attrs["units"] = g[name].attrs["units"]
         g["loss_history"] = np.asarray(fit.history, dtype=np.float64)
         for key in ("chi2_before", "chi2_after", "penalty_after", "iterations", "converged", "rejected", "method"):
             g.attrs[key] = getattr(fit, key)
+        rounds = g.create_group("rounds")
+        rounds.attrs["NX_class"] = "NXcollection"
+        rounds["k"] = np.array([np.nan if r.k is None else r.k for r in fit.rounds], dtype=np.float64)
+        for key, dtype in (("rejected", np.int64), ("iterations", np.int64), ("chi2", np.float64),
+                           ("loss", np.float64), ("converged", bool), ("skipped", bool)):
+            rounds[key] = np.array([getattr(r, key) for r in fit.rounds], dtype=dtype)
         g.attrs["penalty_weights"] = json.dumps(fit.weights)
         g.attrs["s_range"] = np.asarray(fit.design.ranges["s"], dtype=np.float64)
 
 
 def read_scale(path, experiment, table, ndiv):
-    from .scaling.fit import ScaleFit  # noqa: PLC0415
+    from .scaling.fit import RoundReport, ScaleFit  # noqa: PLC0415
     from .scaling.model import ASurface, BScale, COffset, DRegions, ScaleParams  # noqa: PLC0415
 
     params = read_parameters(path)
@@ -304,10 +316,18 @@ def read_scale(path, experiment, table, ndiv):
     with h5py.File(path, "r") as handle:
         g = handle["entry/model"]
         values = ScaleParams(BScale(g["b"][()]), COffset(g["c"][()]), ASurface(g["a"][()]), DRegions(g["d"][()]))
+        sigmas = ScaleParams(BScale(g["b_sigma"][()]), COffset(g["c_sigma"][()]), ASurface(g["a_sigma"][()]),
+                             DRegions(g["d_sigma"][()])) if "b_sigma" in g else None
+        rounds = []
+        if "rounds" in g:
+            r = {k: g["rounds"][k][()] for k in g["rounds"]}
+            rounds = [RoundReport(None if np.isnan(r["k"][i]) else float(r["k"][i]), int(r["rejected"][i]),
+                                  int(r["iterations"][i]), float(r["chi2"][i]), float(r["loss"][i]),
+                                  bool(r["converged"][i]), bool(r["skipped"][i])) for i in range(len(r["k"]))]
         fit = ScaleFit(values, design, json.loads(g.attrs["penalty_weights"]), list(g["loss_history"][()]),
                        float(g.attrs["chi2_before"]), float(g.attrs["chi2_after"]),
                        float(g.attrs.get("penalty_after", np.nan)), int(g.attrs["iterations"]),
-                       bool(g.attrs["converged"]), int(g.attrs["rejected"]), str(g.attrs["method"]))
+                       bool(g.attrs["converged"]), int(g.attrs["rejected"]), str(g.attrs["method"]), sigmas, rounds)
     return fit
 
 

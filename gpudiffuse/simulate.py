@@ -459,7 +459,7 @@ def simulate_observation_table(n_obs: int, n_batches: int = 2, n_frames: int = 1
     region = np.minimum((iy / ny * n_regions).astype(np.int64), n_regions - 1)
     regions_map = np.minimum((np.arange(ny) / ny * n_regions).astype(np.int64), n_regions - 1)[:, None] \
         * np.ones(nx, np.int64)[None, :]
-    w = frame / (n_frames - 1)
+    w = frame / max(n_frames - 1, 1)  # stills (one frame per batch): w = 0
     b = (1.0 + 0.2 * batch) * (1 - 0.2 * w + 0.05 * np.sin(3 * w + batch))
     c = 0.1 * (0.5 + s) * (1 + 0.3 * w)
     a = 1 + 0.05 * np.cos(2 * np.pi * ix / nx + batch) * (iy / ny - 0.5) + 0.03 * np.sin(np.pi * iy / ny + w)

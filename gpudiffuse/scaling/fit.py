@@ -66,6 +66,19 @@ class ScaleFit:
     sigmas: ScaleParams | None = None
     rounds: list = field(default_factory=list)
 
+    def summary(self) -> str:
+        """One line: χ² before → after, iterations per round, convergence, outliers rejected."""
+        parts = []
+        for r in self.rounds:
+            name = "start" if r.k is None else f"k={r.k:g}"
+            parts.append(f"{name}: nothing rejected, skipped" if r.skipped else
+                         f"{name}: {r.rejected} rejected, {r.iterations} it" if r.k is not None else
+                         f"{name}: {r.iterations} it")
+        rounds = f" (rounds {'; '.join(parts)})" if parts else ""
+        return (f"scaling ({self.method}): chi2 {self.chi2_before:.6g} -> {self.chi2_after:.6g} in {self.iterations} "
+                f"iterations{rounds}, {'converged' if self.converged else 'NOT converged'}, {self.rejected} "
+                f"outliers rejected")
+
 
 def _validate(table, batches):
     for key in ("rate", "sigma", "frame", "s", "ix", "iy"):

@@ -8,6 +8,10 @@ from gpudiffuse.simulate import simulate_observation_table
 PROBLEMS = {
     "two_batches": dict(n_obs=40_000, n_batches=2, n_frames=60, seed=3),
     "three_batches_noisier": dict(n_obs=40_000, n_batches=3, n_frames=40, seed=4, noise=0.04),
+    # stills: one frame per batch (b, c and a have one frame node observed per batch)
+    "stills": dict(n_obs=40_000, n_batches=20, n_frames=1, seed=6),
+    # two sweeps sharing eight detector-region factors d
+    "two_sweeps_shared_d": dict(n_obs=40_000, n_batches=2, n_frames=80, n_regions=8, seed=7),
 }
 
 # b of these problems has a sin(3z) component: lighter smoothing than the image-level defaults, and

@@ -14,30 +14,47 @@ from helpers import OPTIONS, PROBLEMS, b_error, problem
 @pytest.fixture(scope="module", params=sorted(PROBLEMS))
 def fitted(request):
     table, truth, design = problem(request.param)
-    fits = {m: fit_scales(table, table["H"], design, dataclasses.replace(OPTIONS, method=m)) for m in
-            ("joint", "alternating")}
-    return table, truth, design, fits
+    return table, truth, design, {"joint": fit_scales(table, table["H"], design, OPTIONS, progress=False)}
 
 
-@pytest.mark.parametrize("method", ["joint", "alternating"])
-def test_recovers_b_within_1_percent_and_d_within_2_percent(fitted, method):
+def test_joint_recovers_b_within_1_percent_and_d_within_2_percent(fitted):
     table, truth, design, fits = fitted
-    a, b, c, d = component_values(fits[method].params, design)
+    fit = fits["joint"]
+    assert fit.converged and fit.iterations <= 20
+    a, b, c, d = component_values(fit.params, design)
     assert b_error(b, truth["b"]) < 0.01
-    np.testing.assert_allclose(effective(fits[method].params, design)[3], truth["d_regions"], rtol=0.02)
+    np.testing.assert_allclose(effective(fit.params, design)[3], truth["d_regions"], rtol=0.02)
     dof = len(table["rate"]) - len(np.unique(table["H"]))
-    assert fits[method].chi2_after / dof < 1.1 < fits[method].chi2_before / dof  # the noise floor is reached
+    assert fit.chi2_after / dof < 1.1 < fit.chi2_before / dof  # the noise floor is reached
 
 
-def test_joint_reaches_a_loss_at_least_as_low_as_alternating():
-    """Same observations (no outlier rounds), same loss: the joint fit's χ² + penalties is not higher."""
-    table, truth, design = problem("two_batches")
+@pytest.mark.parametrize("name", ["two_batches", "stills"])
+def test_alternating_baseline_recovers_b_and_d(name):
+    """The baseline on a rotation set and on stills (one frame per batch, whose second frame node is
+    reached by no data: it used to make the sparse solve singular)."""
+    table, truth, design = problem(name)
+    fit = fit_scales(table, table["H"], design, dataclasses.replace(OPTIONS, method="alternating", outlier_rounds=(),
+                                                                    max_iterations=200), progress=False)
+    assert all(np.all(np.isfinite(v.values)) for v in fit.params)
+    a, b, c, d = component_values(fit.params, design)
+    assert b_error(b, truth["b"]) < (0.01 if name == "two_batches" else 0.02)
+    np.testing.assert_allclose(effective(fit.params, design)[3], truth["d_regions"], rtol=0.02)
+
+
+@pytest.mark.parametrize("name", ["two_batches", "stills"])
+def test_joint_loss_is_at_most_the_lbfgs_and_the_baseline_loss(name):
+    """Same observations (no outlier rounds), same loss: Gauss–Newton's χ² + penalties is not higher
+    than L-BFGS's, run to its own convergence, nor than the alternating baseline's after 100
+    iterations (run to convergence in benchmarks/scaling_catalogue.py; too slow for a test)."""
+    table, truth, design = problem(name)
     options = dataclasses.replace(OPTIONS, outlier_rounds=())
-    fits = {m: fit_scales(table, table["H"], design, dataclasses.replace(options, method=m))
-            for m in ("joint", "alternating")}
-    assert fits["joint"].converged
-    assert fits["joint"].history[-1] <= fits["alternating"].history[-1] * (1 + 1e-9)
-    assert fits["joint"].chi2_after == pytest.approx(fits["alternating"].chi2_after, rel=1e-3)
+    fits = {m: fit_scales(table, table["H"], design, dataclasses.replace(options, method=m, max_iterations=its),
+                          progress=False) for m, its in (("joint", 50), ("lbfgs", 1000), ("alternating", 100))}
+    assert fits["joint"].converged and fits["lbfgs"].converged
+    total = {m: f.chi2_after + f.penalty_after for m, f in fits.items()}
+    assert total["joint"] <= total["lbfgs"] * (1 + 1e-12)
+    assert total["joint"] <= total["alternating"]
+    assert fits["joint"].history[-1] == pytest.approx(total["joint"], rel=1e-9)
 
 
 def test_applying_the_model(fitted):
@@ -85,12 +102,14 @@ def test_bad_input():
         fit_scales(nan, table["H"], design, OPTIONS)
 
 
-def test_non_convergence_is_reported_and_the_last_good_model_kept(caplog):
+@pytest.mark.parametrize("method", ["lbfgs", "alternating"])
+def test_non_convergence_is_reported_and_the_last_good_model_kept(caplog, method):
     table, truth, design = problem("two_batches")
     with caplog.at_level(logging.WARNING):
-        fit = fit_scales(table, table["H"], design, dataclasses.replace(OPTIONS, max_iterations=3, outlier_rounds=()))
+        fit = fit_scales(table, table["H"], design, dataclasses.replace(OPTIONS, method=method, max_iterations=3,
+                                                                        outlier_rounds=()), progress=False)
     assert not fit.converged
-    assert "did not converge" in caplog.text
+    assert "round 0 did not converge" in caplog.text
     assert all(np.all(np.isfinite(v.values)) for v in fit.params)
     assert fit.chi2_after < fit.chi2_before
 
