@@ -293,13 +293,16 @@ def radial_operator(design: Design) -> sp.csr_matrix:
     over all observations, so only the resolution *shape* of a is pinned, not its level.
     """
     ns, nzc = design.shape_c[1], design.shape_c[2]
+    n = len(design.ia)
     s_node = (design.ic // nzc) % ns                     # |s| node of each of c's interpolation terms
-    rows = np.repeat(np.arange(len(design.ia)), design.ia.shape[1])
-    hat_s = np.zeros((len(design.ic), ns))
-    np.add.at(hat_s, (np.repeat(np.arange(len(design.ic)), design.ic.shape[1]), s_node.ravel()), design.wc.ravel())
-    interp_a = sp.csr_matrix((design.wa.ravel(), (rows, design.ia.ravel())), shape=(len(design.ia), design.n_a))
-    bin_mean = np.asarray((interp_a.T @ hat_s).T) / np.maximum(hat_s.sum(axis=0), 1e-300)[:, None]
-    overall = np.asarray(interp_a.sum(axis=0)).ravel() / len(design.ia)
+    # hat_s[i, k]: weight of |s| node k for observation i (c's hat functions summed over frame nodes)
+    hat_s = np.bincount((np.arange(n)[:, None] * ns + s_node).ravel(), weights=design.wc.ravel(),
+                        minlength=n * ns).reshape(n, ns)
+    # Σ_i hat_s[i, k] · wa[i, j] at a node: one bincount per |s| node over the corner indices of a
+    node_sums = np.stack([np.bincount(design.ia.ravel(), weights=(design.wa * hat_s[:, k:k + 1]).ravel(),
+                                      minlength=design.n_a) for k in range(ns)])
+    bin_mean = node_sums / np.maximum(hat_s.sum(axis=0), 1e-300)[:, None]
+    overall = np.bincount(design.ia.ravel(), weights=design.wa.ravel(), minlength=design.n_a) / n
     return sp.csr_matrix(bin_mean - overall[None, :])
 
 

@@ -35,6 +35,8 @@ def scaled(tmp_path_factory):
     table = _read_integrate(os.path.join(out, "integrate.nxs"))["observations"]
     fits = {m: fit_observations(experiment, table, NDIV, ScaleOptions(method=m), progress=False)
             for m in ("joint", "alternating")}
+    for m, fit in fits.items():
+        print(fit.summary())
     return data, experiment, table, fits
 
 
@@ -76,25 +78,21 @@ def test_merged_map_vs_truth_better_than_unscaled(scaled):
 
 def test_joint_fit_versus_the_alternating_baseline(scaled):
     """Both minimise the same loss; compared on the same observations (no outlier rounds, which
-    would otherwise reject slightly different sets) with the same, default, limit of 500
-    iterations. The joint fit must converge and reach a data χ² and a total loss (χ² + penalties)
-    at least as low as the baseline's, and CC½ per shell at least the baseline's within 0.001. The
-    tolerance is there because the unconverged baseline's CC½ runs above the optimum's on its way
-    there (benchmarks/scaling_baseline.py, outermost shell: 0.96417 after 50 iterations, 0.96260
-    after 300, 0.96240 after 500; optimum 0.96237), while its CC with the truth in that shell does
-    not exceed the optimum's (0.98448, 0.98628, 0.98631; optimum 0.98631)."""
+    would otherwise reject slightly different sets). Gauss–Newton must converge and reach a total
+    loss (χ² + penalties) at least as low as the baseline's after 500 iterations and as L-BFGS's
+    run to its convergence. CC½ per shell is printed, not asserted (DESIGN §10: an unconverged
+    baseline's CC½ can run above the optimum's; benchmarks/scaling_baseline.py)."""
     _, experiment, table, _ = scaled
-    fits = {m: fit_observations(experiment, table, NDIV, ScaleOptions(method=m, outlier_rounds=()), progress=False)
-            for m in ("joint", "alternating")}
+    fits = {m: fit_observations(experiment, table, NDIV, ScaleOptions(method=m, outlier_rounds=(), max_iterations=its),
+                                progress=False) for m, its in (("joint", 100), ("lbfgs", 2000), ("alternating", 500))}
     stats = {m: _merge(experiment, apply_scales(table, f))[1] for m, f in fits.items()}
     for m, f in fits.items():
         print(f"{m}: data chi2 {f.chi2_after:.9g}, penalties {f.penalty_after:.9g}, total "
               f"{f.chi2_after + f.penalty_after:.9g}, {f.iterations} iterations, converged {f.converged}")
-    print("CC1/2 per shell (joint, alternating):")
-    for j, a in zip(stats["joint"]["cc_half"], stats["alternating"]["cc_half"]):
-        print(f"  {j:.5f} {a:.5f}")
-    joint, baseline = fits["joint"], fits["alternating"]
-    assert joint.converged
-    assert joint.chi2_after <= baseline.chi2_after
-    assert joint.chi2_after + joint.penalty_after <= baseline.chi2_after + baseline.penalty_after
-    np.testing.assert_array_less(stats["alternating"]["cc_half"] - 0.001, stats["joint"]["cc_half"])
+    print("CC1/2 per shell (joint, lbfgs, alternating):")
+    for row in zip(*(stats[m]["cc_half"] for m in fits)):
+        print("  " + " ".join(f"{x:.5f}" for x in row))
+    total = {m: f.chi2_after + f.penalty_after for m, f in fits.items()}
+    assert fits["joint"].converged and fits["joint"].iterations <= 20
+    assert total["joint"] <= total["alternating"]
+    assert total["joint"] <= total["lbfgs"] * (1 + 1e-12)
