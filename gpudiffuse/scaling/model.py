@@ -172,7 +172,7 @@ def build_design(table: dict, batches, n_frames: dict, options: ScaleOptions, im
     """
     batch_ids = {b: i for i, b in enumerate(sorted(batches))}
     nb_batches = len(batch_ids)
-    batch = np.array([batch_ids[b] for b in table["batch"]], dtype=np.int64)
+    batch = np.searchsorted(np.array(sorted(batch_ids)), np.asarray(table["batch"])).astype(np.int64)
     longest = max(n_frames[b] for b in batch_ids)
     n_bz = frame_nodes(longest, options.frames_per_b_node)
     frame = np.asarray(table["frame"], dtype=np.float64)
