@@ -7,6 +7,7 @@
 #   2. benchmarks/gpu_stream.py: in-memory throughput and the device's copy ceilings
 #   3. benchmarks/integrate_engines.py on a 24-frame 1m preset: cuda against cpu
 #   4. process --device gpu (JAX scaling on the GPU) against --device cpu: merged.nxs compared
+#   5. benchmarks/scaling.py: the Gauss-Newton fit of 10^6 observations with JAX on the GPU
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_check}
@@ -42,4 +43,5 @@ for k in ("intensity", "sigma"):
     x, y = a["entry/merged"][k][()], b["entry/merged"][k][()]
     print(k, "max relative difference", float(np.max(np.abs(x - y) / np.maximum(np.abs(x), 1e-300))))
 PY
+python3 benchmarks/scaling.py --rows 1000000 --out "$OUT/scaling_1e6_gpu.json" 2>&1 | tail -4 || status=1
 exit $status

@@ -39,7 +39,7 @@ def _kernels():
 
     @njit(cache=True, inline="always")
     def local_row(i, ib, wb, ic, wc, ia, wa, region, partials, offsets, cols, jac):
-        """Columns and values of observation i's Jacobian row over the model values."""
+        """Columns and values of observation i's Jacobian row over the model values; returns ∂r_i/∂Î."""
         pa, pb, pc, pd = partials[0, i], partials[1, i], partials[2, i], partials[3, i]
         for k in range(2):
             cols[k] = ib[i, k]
@@ -52,6 +52,7 @@ def _kernels():
             jac[6 + k] = pa * wa[i, k]
         cols[14] = offsets[3] + region[i]
         jac[14] = pd
+        return partials[4, i]
 
     @njit(parallel=True, cache=True)
     def assemble(order, starts, bounds, ib, wb, ic, wc, ia, wa, region, partials, offsets, n_values, schur):
@@ -70,9 +71,7 @@ def _kernels():
                 diag = 0.0
                 n_touched = 0
                 for p in range(starts[voxel], starts[voxel + 1]):
-                    i = order[p]
-                    local_row(i, ib, wb, ic, wc, ia, wa, region, partials, offsets, cols, jac)
-                    u = partials[4, i]
+                    u = local_row(order[p], ib, wb, ic, wc, ia, wa, region, partials, offsets, cols, jac)
                     diag += u * u
                     for k in range(15):
                         ck, jk = cols[k], jac[k]
@@ -108,9 +107,7 @@ def _kernels():
             jac = np.empty(15)
             diag = 0.0
             for p in range(starts[voxel], starts[voxel + 1]):
-                i = order[p]
-                local_row(i, ib, wb, ic, wc, ia, wa, region, partials, offsets, cols, jac)
-                u = partials[4, i]
+                u = local_row(order[p], ib, wb, ic, wc, ia, wa, region, partials, offsets, cols, jac)
                 diag += u * u
                 for k in range(15):
                     out[row, cols[k]] += u * jac[k]
