@@ -1,4 +1,5 @@
-"""Scaling models written in JAX and fitted with optax (DESIGN §10)."""
+"""Scaling models written in JAX, fitted by Gauss–Newton on JAX derivatives (DESIGN §10); optax
+L-BFGS and the alternating baseline for comparison."""
 
 from .fit import ScaleFit, apply_scales, component_values, fit_scales
 from .model import ScaleOptions, ScaleParams, build_design
