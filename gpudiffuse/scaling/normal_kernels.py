@@ -1,0 +1,101 @@
+"""Compiled (numba) kernels of the Gauss–Newton normal matrix (see :mod:`.gauss_newton`).
+
+Module-level functions so that numba's on-disk cache (``cache=True``) finds them again in a new
+process; imported only when a normal matrix is assembled.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+__all__ = ["assemble", "schur_rows", "mirror"]
+
+
+@njit(cache=True, inline="always")
+def local_row(i, ib, wb, ic, wc, ia, wa, region, partials, offsets, cols, jac):
+    """Columns and values of observation i's Jacobian row over the model values; returns ∂r_i/∂Î."""
+    pa, pb, pc, pd = partials[0, i], partials[1, i], partials[2, i], partials[3, i]
+    for k in range(2):
+        cols[k] = ib[i, k]
+        jac[k] = pb * wb[i, k]
+    for k in range(4):
+        cols[2 + k] = offsets[1] + ic[i, k]
+        jac[2 + k] = pc * wc[i, k]
+    for k in range(8):
+        cols[6 + k] = offsets[2] + ia[i, k]
+        jac[6 + k] = pa * wa[i, k]
+    cols[14] = offsets[3] + region[i]
+    jac[14] = pd
+    return partials[4, i]
+
+
+@njit(parallel=True, cache=True)
+def assemble(order, starts, bounds, ib, wb, ic, wc, ia, wa, region, partials, offsets, n_values, schur):
+    """Upper triangle of Σ_i J_iᵀJ_i (− Σ_v B_v B_vᵀ / D_v when ``schur``) over the voxels of
+    each partition, B_v = Σ_{i∈v} u_i J_i and D_v = Σ_{i∈v} u_i² (u = ∂r/∂Î)."""
+    n_parts = len(bounds) - 1
+    out = np.zeros((n_parts, n_values, n_values))
+    for part in prange(n_parts):
+        s = out[part]
+        scratch = np.zeros(n_values)
+        touched = np.empty(n_values, np.int64)
+        marked = np.zeros(n_values, np.bool_)
+        cols = np.empty(15, np.int64)
+        jac = np.empty(15)
+        for voxel in range(bounds[part], bounds[part + 1]):
+            diag = 0.0
+            n_touched = 0
+            for p in range(starts[voxel], starts[voxel + 1]):
+                u = local_row(order[p], ib, wb, ic, wc, ia, wa, region, partials, offsets, cols, jac)
+                diag += u * u
+                for k in range(15):
+                    ck, jk = cols[k], jac[k]
+                    if jk == 0.0:
+                        continue
+                    for m in range(15):
+                        if cols[m] >= ck:
+                            s[ck, cols[m]] += jk * jac[m]
+                    if schur and not marked[ck]:
+                        marked[ck] = True
+                        touched[n_touched] = ck
+                        n_touched += 1
+                    scratch[ck] += u * jk
+            if schur and diag > 0.0:
+                for k in range(n_touched):
+                    tk = touched[k]
+                    bk = scratch[tk] / diag
+                    for m in range(n_touched):
+                        tm = touched[m]
+                        if tm >= tk:
+                            s[tk, tm] -= bk * scratch[tm]
+            for k in range(n_touched):
+                scratch[touched[k]] = 0.0
+                marked[touched[k]] = False
+    return out
+
+
+@njit(parallel=True, cache=True)
+def schur_rows(order, starts, first, ib, wb, ic, wc, ia, wa, region, partials, offsets, out):
+    """out[v − first] = B_v / √D_v for the voxels first … first + len(out) − 1 (dense rows)."""
+    for row in prange(out.shape[0]):
+        voxel = first + row
+        cols = np.empty(15, np.int64)
+        jac = np.empty(15)
+        diag = 0.0
+        for p in range(starts[voxel], starts[voxel + 1]):
+            u = local_row(order[p], ib, wb, ic, wc, ia, wa, region, partials, offsets, cols, jac)
+            diag += u * u
+            for k in range(15):
+                out[row, cols[k]] += u * jac[k]
+        if diag > 0.0:
+            norm = 1.0 / np.sqrt(diag)
+            for c in range(out.shape[1]):
+                out[row, c] *= norm
+
+
+@njit(cache=True)
+def mirror(matrix):
+    """Copy the upper triangle onto the lower one, in place."""
+    n = matrix.shape[0]
+    for i in range(n):
+        for j in range(i + 1, n):
+            matrix[j, i] = matrix[i, j]
