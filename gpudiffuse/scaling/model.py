@@ -298,9 +298,18 @@ def radial_operator(design: Design) -> sp.csr_matrix:
     # hat_s[i, k]: weight of |s| node k for observation i (c's hat functions summed over frame nodes)
     hat_s = np.bincount((np.arange(n)[:, None] * ns + s_node).ravel(), weights=design.wc.ravel(),
                         minlength=n * ns).reshape(n, ns)
-    # Σ_i hat_s[i, k] · wa[i, j] at a node: one bincount per |s| node over the corner indices of a
-    node_sums = np.stack([np.bincount(design.ia.ravel(), weights=(design.wa * hat_s[:, k:k + 1]).ravel(),
-                                      minlength=design.n_a) for k in range(ns)])
+    # Σ_i hat_s[i, k] · wa[i, j] at every node j of a: one bincount over (|s| node, a node) per
+    # column of c's interpolation, columns with the same |s| node (different frame nodes) merged
+    node_sums = np.zeros(ns * design.n_a)
+    columns = list(range(design.ic.shape[1]))
+    while columns:
+        col = columns.pop(0)
+        same = [c for c in columns if np.array_equal(s_node[:, c], s_node[:, col])]
+        columns = [c for c in columns if c not in same]
+        weight = design.wc[:, [col, *same]].sum(axis=1)
+        node_sums += np.bincount((s_node[:, col:col + 1] * design.n_a + design.ia).ravel(),
+                                 weights=(design.wa * weight[:, None]).ravel(), minlength=ns * design.n_a)
+    node_sums = node_sums.reshape(ns, design.n_a)
     bin_mean = node_sums / np.maximum(hat_s.sum(axis=0), 1e-300)[:, None]
     overall = np.bincount(design.ia.ravel(), weights=design.wa.ravel(), minlength=design.n_a) / n
     return sp.csr_matrix(bin_mean - overall[None, :])
