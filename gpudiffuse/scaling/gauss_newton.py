@@ -55,7 +55,7 @@ class VoxelOrder:
     bounds: np.ndarray
     fraction: float
     method: str
-
+    seconds: float = 0.0  # estimated time of the Schur sum
     # measured on the 2-core CI machine: scattered updates vs BLAS products
     SPARSE_RATE = 3e8
     DENSE_RATE = 8e10
@@ -83,7 +83,8 @@ class VoxelOrder:
         n_parts = int(max(1, min(8, 2**28 // max(8 * n_values * n_values, 1))))
         bounds = np.searchsorted(starts, np.linspace(0, starts[-1], n_parts + 1)).astype(np.int64)
         bounds[0], bounds[-1] = 0, n_voxels
-        return cls(order.astype(np.int64), starts, np.maximum.accumulate(bounds), fraction, method)
+        return cls(order.astype(np.int64), starts, np.maximum.accumulate(bounds), fraction, method,
+                   fraction * seconds[method])
 
 
 def normal_matrix(partials, design, voxels: VoxelOrder, penalty_gram: np.ndarray) -> np.ndarray:
@@ -125,13 +126,19 @@ class GaussNewtonResult:
 class Solver:
     """Levenberg–Marquardt steps with a cached normal matrix; one instance per problem (shape).
 
-    value_and_grad(θ) → (½‖r‖², ∇); assemble(θ) → the θ-space normal matrix H ≈ JᵀJ."""
+    value_and_grad(θ) → (½‖r‖², ∇); assemble(θ) → the θ-space normal matrix H ≈ JᵀJ.
+    ``costs`` = (one iteration, one assembly) in any common unit, estimated from the problem's
+    sizes (not measured, so that the path of the fit is deterministic): after a step the matrix is
+    reassembled when the chord steps still needed would cost more than an assembly and two steps.
+    The chord's rate of convergence is taken as the larger of the last ratio of Newton decrements
+    and twice the largest relative change of a model value since the matrix was assembled (the
+    Jacobian's entries are products of those values)."""
 
-    REFRESH_DISTANCE = 1e-2  # largest change of a model value since the matrix was assembled
-
-    def __init__(self, value_and_grad, assemble, step_tolerance=1e-8, gradient_tolerance=1e-10, value_map=None):
+    def __init__(self, value_and_grad, assemble, step_tolerance=1e-8, gradient_tolerance=1e-10, value_map=None,
+                 costs=(1.0, 3.0)):
         self.value_and_grad = value_and_grad
         self.assemble = assemble
+        self.costs = costs
         self.step_tolerance = step_tolerance
         self.gradient_tolerance = gradient_tolerance
         self.value_map = value_map  # θ step → model-value step (for the relative-step test)
@@ -194,13 +201,13 @@ class Solver:
                     converged, reason = True, "step"
                     history.append(2 * value)
                     break
-                # a matrix assembled far from here, or chord steps that converge slowly: reassemble
-                far = self.value_map is not None and float(np.max(np.abs(
-                    self.value_map(theta - self.matrix_theta)))) > self.REFRESH_DISTANCE * scale
-                slow = last_decrement is not None and decrement > 0.25 * last_decrement
-                if rho < 0.5 or slow or far:
+                distance = (float(np.max(np.abs(self.value_map(theta - self.matrix_theta)))) / scale
+                            if self.value_map is not None else 1.0)
+                if rho < 0.5 or self._worth_refreshing(decrement, last_decrement, value, distance):
                     self._refresh(theta)
-                last_decrement = decrement
+                    last_decrement = None
+                else:
+                    last_decrement = decrement
             else:
                 if not np.array_equal(self.matrix_theta, theta):
                     self._refresh(theta)  # a stale matrix first, then damping
@@ -209,6 +216,16 @@ class Solver:
         logger.debug("Gauss-Newton: %d iterations, %d normal matrices so far, stopped on %s", iteration,
                      self.assemblies, reason)
         return GaussNewtonResult(theta, 2 * value, iteration, converged, history, reason)
+
+    def _worth_refreshing(self, decrement, last_decrement, value, distance) -> bool:
+        observed = 0.0 if last_decrement is None else decrement / max(last_decrement, 1e-300)
+        rate = min(max(observed, 2 * distance, 1e-6), 0.99)
+        target = self.gradient_tolerance * value
+        if decrement <= target:
+            return False
+        remaining = np.log(target / decrement) / np.log(rate)
+        iteration, assembly = self.costs
+        return remaining * iteration > assembly + 2 * iteration
 
     def covariance(self, theta, scale=1.0):
         """scale × H⁻¹ from the last normal matrix (assembled at θ or within the last steps to it,
