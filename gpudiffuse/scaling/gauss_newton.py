@@ -132,11 +132,13 @@ class Solver:
     reassembled when the chord steps still needed would cost more than an assembly and two steps.
     The chord's rate of convergence is taken as the larger of the last ratio of Newton decrements
     and twice the largest relative change of a model value since the matrix was assembled (the
-    Jacobian's entries are products of those values)."""
+    Jacobian's entries are products of those values); with ``sampled`` (a matrix summed over a
+    subset of voxels, whose error a new assembly does not remove) the latter only."""
 
     def __init__(self, value_and_grad, assemble, step_tolerance=1e-8, gradient_tolerance=1e-10, value_map=None,
-                 costs=(1.0, 3.0)):
+                 costs=(1.0, 3.0), sampled=False):
         self.value_and_grad = value_and_grad
+        self.sampled = sampled
         self.assemble = assemble
         self.costs = costs
         self.step_tolerance = step_tolerance
@@ -218,7 +220,7 @@ class Solver:
         return GaussNewtonResult(theta, 2 * value, iteration, converged, history, reason)
 
     def _worth_refreshing(self, decrement, last_decrement, value, distance) -> bool:
-        observed = 0.0 if last_decrement is None else decrement / max(last_decrement, 1e-300)
+        observed = 0.0 if last_decrement is None or self.sampled else decrement / max(last_decrement, 1e-300)
         rate = min(max(observed, 2 * distance, 1e-6), 0.99)
         target = self.gradient_tolerance * value
         if decrement <= target:

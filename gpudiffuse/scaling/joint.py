@@ -107,7 +107,7 @@ class JointProblem:
         n = len(intensity)
         costs = (2e-7 * n, 5e-7 * n + (1.5 if self.voxels.method == "dense" else 1.0) * self.voxels.seconds)
         self.solver = Solver(value_and_grad, assemble, options.step_tolerance, options.gradient_tolerance,
-                             value_map=lambda step: t @ step, costs=costs)
+                             value_map=lambda step: t @ step, costs=costs, sampled=self.voxels.fraction < 1)
 
     def theta_of(self, params: ScaleParams) -> np.ndarray:
         values = np.concatenate([np.asarray(x, np.float64) for x in effective(params, self.design)])
