@@ -4,8 +4,9 @@
         --out benchmarks/results/end_to_end_1m_cpu.json [-- extra process options]
 
 Simulates the preset into --data if it holds no dataset. ``process`` runs in a child process
-(a fresh output folder each time, so nothing is reused), whose peak RSS is reported; JAX
-compilation is inside the scaling step's time (no persistent cache is used).
+(a fresh output folder each time, so nothing is reused), whose peak RSS is reported; the scaling
+step's time includes loading (or, on a first run, building) JAX's persistent compilation cache and
+numba's kernel cache as found on the machine.
 """
 
 from __future__ import annotations
