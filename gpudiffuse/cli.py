@@ -28,6 +28,38 @@ Typical use:
 """
 
 
+def _at_least(minimum, kind=int):
+    """argparse type: a number of ``kind`` that is at least ``minimum`` (the message names the value;
+    argparse adds the option and exits with status 2, before any work)."""
+    noun = "an integer" if kind is int else "a number"
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+        if not value >= minimum:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"must be at least {minimum:g}, got {text}")
+        return value
+
+    return parse
+
+
+def _positive(text):
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+COUNT = _at_least(1)
+NON_NEGATIVE = _at_least(0)
+
+
 def _add_geometry(p):
     g = p.add_argument_group("geometry (one of)")
     g.add_argument("--xds", metavar="DIR", help="XDS folder with XDS.INP and GXPARM.XDS or XPARM.XDS")
@@ -54,11 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tiny: 487x195, 12 frames; small: Pilatus 300K, 60 frames; scaling: two 40-frame sweeps "
                         "with absorption, module factors and an additive offset (DIALS .expt only); "
                         "1m: Pilatus 1M, 120 frames of 0.5°, P212121; p6m: Pilatus 6M, 50 frames of 0.1°")
-    p.add_argument("--frames", type=int, help="number of frames (default from the preset)")
+    p.add_argument("--frames", type=COUNT, help="number of frames (default from the preset)")
     p.add_argument("--format", default="cbf", choices=["cbf", "eiger"],
                    help="cbf: one Pilatus CBF per frame (default); eiger: an NXmx master file linking "
                         "bitshuffle-LZ4 data files of 10 frames, with pixel_mask, as an Eiger file writer does")
-    p.add_argument("--ndiv", type=int, nargs=3, default=[3, 3, 3], metavar="N", help="grid of the saved truth")
+    p.add_argument("--ndiv", type=COUNT, nargs=3, default=[3, 3, 3], metavar="N", help="grid of the saved truth")
     p.add_argument("--seed", type=int, help="random seed (default from the preset)")
 
     p = sub.add_parser("import", help="read geometry and images, build the pixel mask, write experiment.nxs",
@@ -94,20 +126,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_processing(p):
     g = p.add_argument_group("grid and integration")
-    g.add_argument("--ndiv", type=int, nargs=3, default=[3, 3, 3], metavar="N",
+    g.add_argument("--ndiv", type=COUNT, nargs=3, default=[3, 3, 3], metavar="N",
                    help="subdivisions per Miller index along a*, b*, c* (default 3 3 3)")
-    g.add_argument("--dmin", type=float, help="resolution limit in Å (default: the detector corner)")
+    g.add_argument("--dmin", type=_positive, help="resolution limit in Å (default: the detector corner)")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"],
                    help="auto: the GPU if CuPy finds one, else the CPU; gpu: fail without one")
     g.add_argument("--background", metavar="TEMPLATE",
                    help="background frames without the crystal (template with ? or #), subtracted per voxel")
     g.add_argument("--frames", type=int, nargs=2, metavar=("FIRST", "LAST"), help="file numbers to process")
-    g.add_argument("--wedge", type=float, default=DEFAULT_WEDGE_DEGREES, metavar="DEG",
+    g.add_argument("--wedge", type=_positive, default=DEFAULT_WEDGE_DEGREES, metavar="DEG",
                    help="rotation per wedge of observations, degrees (default %(default)g; stills: one wedge per "
                         "frame); observations of one voxel in different wedges are scaled separately")
-    g.add_argument("--wedge-frames", type=int, metavar="N", help="frames per wedge instead of --wedge")
-    g.add_argument("--min-pixels", type=int, default=1, help="drop observations with fewer pixels")
-    g.add_argument("--min-counts", type=int, default=0, help="drop observations with fewer counts")
+    g.add_argument("--wedge-frames", type=COUNT, metavar="N", help="frames per wedge instead of --wedge")
+    g.add_argument("--min-pixels", type=NON_NEGATIVE, default=1, help="drop observations with fewer pixels")
+    g.add_argument("--min-counts", type=NON_NEGATIVE, default=0, help="drop observations with fewer counts")
     g.add_argument("--no-air", action="store_true", help="no air-attenuation correction")
     g.add_argument("--scale", default="model", choices=["model", "isotropic", "none"],
                    help="model: fit a·d·(b·I + c) (default); isotropic: per-frame scale from the isotropic "
@@ -118,18 +150,18 @@ def _add_processing(p):
     e.add_argument("--engine", choices=["numpy", "cpu", "cuda"],
                    help="integration engine (default from --device: cuda on a GPU, else cpu = compiled, "
                         "multi-threaded; numpy = the slow reference)")
-    e.add_argument("--nproc", type=int, metavar="N",
+    e.add_argument("--nproc", type=COUNT, metavar="N",
                    help="CPU threads of the cpu engine, or processes of the numpy engine (default: all cores)")
     e.add_argument("--scheduler", metavar="ADDRESS", help="run blocks of wedges on an existing Dask scheduler "
                    "(e.g. tcp://host:8786); workers read the frames themselves, so they need the same paths")
-    e.add_argument("--dask-workers", type=int, metavar="N", help="run blocks on a local Dask cluster of N processes")
+    e.add_argument("--dask-workers", type=COUNT, metavar="N", help="run blocks on a local Dask cluster of N processes")
     b = p.add_argument_group("Bragg mask (peak-cloud model)")
     b.add_argument("--no-bragg-mask", action="store_true", help="do not mask Bragg peaks")
-    b.add_argument("--threshold", type=float, help="count threshold of strong pixels (default: automatic)")
-    b.add_argument("--sigma-cutoff", type=float, default=3.0, help="mask radius in Mahalanobis units (default 3)")
+    b.add_argument("--threshold", type=_positive, help="count threshold of strong pixels (default: automatic)")
+    b.add_argument("--sigma-cutoff", type=_positive, default=3.0, help="mask radius in Mahalanobis units (default 3)")
     m = p.add_argument_group("merging")
-    m.add_argument("--outlier-k", type=float, default=5.0, help="reject |I − <I>|/σ > k·rms (0: off; default 5)")
-    m.add_argument("--shells", type=int, default=10, help="resolution shells in the statistics")
+    m.add_argument("--outlier-k", type=_at_least(0, float), default=5.0, help="reject |I − <I>|/σ > k·rms (0: off; default 5)")
+    m.add_argument("--shells", type=COUNT, default=10, help="resolution shells in the statistics")
     m.add_argument("--anomalous", action="store_true", help="keep Friedel mates apart")
     p.add_argument("--overwrite", action="store_true", help="replace outputs made with other parameters")
 
@@ -141,15 +173,15 @@ def _add_scaling(p):
                         "(default; converges in a few iterations, gives uncertainties); lbfgs: all at once with "
                         "optax L-BFGS; alternating: one component at a time by linear least squares (the "
                         "mdx-lib/mdx2 baseline)")
-    s.add_argument("--b-frames", type=int, default=5, help="frames between control points of b (default 5)")
-    s.add_argument("--c-nodes", type=int, default=6, metavar="NS", help="control points of c along |s| (default 6)")
-    s.add_argument("--c-frames", type=int, default=20,
+    s.add_argument("--b-frames", type=COUNT, default=5, help="frames between control points of b (default 5)")
+    s.add_argument("--c-nodes", type=COUNT, default=6, metavar="NS", help="control points of c along |s| (default 6)")
+    s.add_argument("--c-frames", type=COUNT, default=20,
                    help="frames between control points of c, over the longest sweep (default 20)")
-    s.add_argument("--a-nodes", type=int, nargs=2, default=[5, 5], metavar=("NX", "NY"),
+    s.add_argument("--a-nodes", type=COUNT, nargs=2, default=[5, 5], metavar=("NX", "NY"),
                    help="control points of a across the detector (default 5 5)")
-    s.add_argument("--a-frames", "--frames-per-a-node", dest="a_frames", type=int, default=20,
+    s.add_argument("--a-frames", type=COUNT, default=20,
                    help="frames between control points of a, over the longest sweep (default 20)")
-    s.add_argument("--scale-iterations", type=int, default=500,
+    s.add_argument("--scale-iterations", type=COUNT, default=500,
                    help="iteration limit per fit round (default 500; Gauss-Newton needs a handful)")
     s.add_argument("--pin-c", action="store_true",
                    help="fix the offset shared by c and the merged intensities by pinning one node of c instead of "
@@ -312,6 +344,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("fabio").setLevel(logging.ERROR)
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "Unable to initialize backend 'tpu'"
     if not args.command:
         parser.print_help()
         return 2

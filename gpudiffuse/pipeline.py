@@ -355,7 +355,7 @@ def _write_merged_group(entry, name, merged, crystal, ndiv):
 
 
 def _integrate(experiment, search, dmin, params, backend, progress):
-    from tqdm import tqdm  # noqa: PLC0415
+    from .progress import progress_bar  # noqa: PLC0415
 
     from .integration.blocks import BlockTask, run_blocks  # noqa: PLC0415
     from .integration.driver import wedge_blocks  # noqa: PLC0415
@@ -374,7 +374,7 @@ def _integrate(experiment, search, dmin, params, backend, progress):
         for frames in wedge_blocks(sweep, params.integration, execution.blocks_per_sweep):
             tasks.append(BlockTask(sweep, mask, dmin, grid, params.integration, frames, execution.engine, threshold,
                                    None if search is None else search.model, absent, params.background))
-    bar = tqdm(total=sum(len(t.frames) for t in tasks), desc="integrate", unit="frame", disable=not progress)
+    bar = progress_bar(progress, total=sum(len(t.frames) for t in tasks), desc="integrate", unit="frame")
     result = run_blocks(tasks, execution, bar)
     bar.close()
     zingers = result.zingers

@@ -304,7 +304,7 @@ def simulate_dataset(outdir: str, params: SimulationParameters | str = "small", 
     image_format : "cbf" (Pilatus CBF per frame; gaps −1, dead pixels −2) or "eiger" (an NXmx
     master and bitshuffle-LZ4 data files of the same counts: masked pixels flagged 2³²−1 and
     set in ``pixel_mask``, bit 0 gaps, bit 1 dead pixels)."""
-    from tqdm import tqdm  # noqa: PLC0415
+    from .progress import progress_bar  # noqa: PLC0415
 
     if isinstance(params, str):
         params = PRESETS[params]
@@ -331,7 +331,7 @@ def simulate_dataset(outdir: str, params: SimulationParameters | str = "small", 
     inv_a = np.linalg.inv(model.A)
     iy, ix = np.mgrid[0:ny, 0:nx]
     detector_factor = model.module_factors()[model.module_ids()] if params.module_spread else 1.0
-    bar = tqdm(total=params.n_sweeps * params.n_frames, desc="simulate", unit="frame", disable=not progress)
+    bar = progress_bar(progress, total=params.n_sweeps * params.n_frames, desc="simulate", unit="frame")
     for sweep in range(params.n_sweeps):
         writer = eiger_writer(outdir, params, sweep, gaps, dead) if image_format == "eiger" else None
         phi_start = params.phi0 + sweep * params.sweep_phi_offset

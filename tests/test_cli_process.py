@@ -1,6 +1,7 @@
 """``gpudiffuse process`` on the tiny dataset and its answers to bad input."""
 
 import numpy as np
+import pytest
 
 from gpudiffuse.cli import main
 
@@ -125,10 +126,26 @@ def test_engines_and_process_pools_give_the_same_map(tiny_dataset, tmp_path, cap
         np.testing.assert_allclose(merged["cpu"][key], merged["numpy"][key], rtol=1e-12)
 
 
+BAD_NUMBERS = [("--nproc", "0", "must be at least 1, got 0"), ("--wedge", "-2", "must be a positive number, got -2"),
+               ("--outlier-k", "-1", "must be at least 0, got -1"), ("--shells", "0", "must be at least 1, got 0"),
+               ("--min-pixels", "-5", "must be at least 0, got -5"), ("--scale-iterations", "0", "must be at least 1"),
+               ("--dmin", "nan", "must be a positive number, got nan"), ("--wedge-frames", "2.5", "expected an integer"),
+               ("--sigma-cutoff", "0", "must be a positive number"), ("--a-frames", "0", "must be at least 1"),
+               ("--dask-workers", "-3", "must be at least 1, got -3")]
+
+
+@pytest.mark.parametrize("option, value, message", BAD_NUMBERS)
+def test_numeric_options_are_checked_before_any_work(tiny_dataset, tmp_path, capsys, option, value, message):
+    """A usage error: exit status 2, one line naming the option and the value, no output folder."""
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["process", "--xds", str(tiny_dataset), "-o", str(out), option, value])
+    assert exit_info.value.code == 2
+    assert f"error: argument {option}: {message}" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_bad_engine_options(tiny_dataset, tmp_path, capsys):
-    expect_failure(capsys, tmp_path, ["--xds", str(tiny_dataset), "--nproc", "0"], "--nproc must be at least 1, got 0")
-    expect_failure(capsys, tmp_path, ["--xds", str(tiny_dataset), "--wedge", "-2"],
-                   "--wedge must be a positive rotation in degrees, got -2")
     from conftest import gpu_available
 
     if not gpu_available():

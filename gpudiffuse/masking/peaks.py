@@ -190,7 +190,7 @@ def find_peaks(experiment, params: PeakParameters, dmin: float | None = None, pr
     """Pass 1 over every frame (or every ``frame_stride``-th) of every sweep: the automatic
     threshold from ``threshold_frames`` evenly spaced frames, then strong ("hot") pixels of each
     frame indexed and the δ cloud fitted. Pixels hot in most frames are masked for the sweep."""
-    from tqdm import tqdm  # noqa: PLC0415
+    from ..progress import progress_bar  # noqa: PLC0415
 
     from ..geometry.vectors import s_vectors_from_positions  # noqa: PLC0415
     from ..io.frames import FrameSource  # noqa: PLC0415
@@ -198,7 +198,7 @@ def find_peaks(experiment, params: PeakParameters, dmin: float | None = None, pr
 
     deltas, thresholds, hot_masks, per_sweep = [], [], [], []
     total = sum(len(_stride_frames(s, params)) for s in experiment.sweeps)
-    bar = tqdm(total=total, desc="find peaks", unit="frame", disable=not progress)
+    bar = progress_bar(progress, total=total, desc="find peaks", unit="frame")
     for sweep, mask in zip(experiment.sweeps, experiment.masks):
         pix = np.flatnonzero(mask.ravel())
         s = s_vectors_from_positions(sweep.panel.pixel_positions().reshape(-1, 3)[pix], sweep.beam)

@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
-from tqdm import tqdm
+from ..progress import progress_bar
 
 from ..errors import GpudiffuseError
 from .loss import component_values, data_chi2, data_curvature, penalty_loss, relative_weights
@@ -164,7 +164,7 @@ def fit_scales(table: dict, groups: np.ndarray, design: Design, options: ScaleOp
         solver = _Joint(params, design, ops, lam, intensity, weight, group, n_groups, options)
     else:
         solver = _Other(design, ops, lam, intensity, group, n_groups, curvature)
-    history, rounds = [], []
+    history, rounds, r = [], [], None
     for round_index, k in enumerate((None, *options.outlier_rounds)):
         bad = np.zeros_like(keep)
         if k is not None:
@@ -176,8 +176,8 @@ def fit_scales(table: dict, groups: np.ndarray, design: Design, options: ScaleOp
             if not bad.any():  # the same observations as the last fit: its model stands
                 rounds.append(dataclasses.replace(rounds[-1], k=k, rejected=0, iterations=0, skipped=True))
                 continue
-        with tqdm(total=options.max_iterations, desc=f"scale ({options.method}) round {round_index}", unit="it",
-                  disable=not progress, leave=False) as bar:
+        with progress_bar(progress, total=options.max_iterations, unit="it", leave=False,
+                          desc=f"scale ({options.method}) round {round_index}") as bar:
             def report(loss):
                 bar.update()
                 bar.set_postfix_str(f"loss {loss:.7g}", refresh=False)
