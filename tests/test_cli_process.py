@@ -1,5 +1,7 @@
 """``gpudiffuse process`` on the tiny dataset and its answers to bad input."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -150,3 +152,19 @@ def test_bad_engine_options(tiny_dataset, tmp_path, capsys):
 
     if not gpu_available():
         expect_failure(capsys, tmp_path, ["--xds", str(tiny_dataset), "--engine", "cuda"], "--engine cuda cannot run")
+
+
+def test_output_path_faults_are_named_before_any_work(tiny_dataset, tmp_path, capsys, monkeypatch):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("user data")
+    cases = [(str(a_file), f"-o {a_file}: exists and is not a folder"),
+             (str(a_file / "sub"), f"-o {a_file / 'sub'}: {a_file} is not a folder"),
+             ("", "-o is empty")]
+    for out, message in cases:
+        code, _, err = run(capsys, "--xds", str(tiny_dataset), "-o", out, "--device", "cpu")
+        assert code == 1 and message in err and "Traceback" not in err
+    assert a_file.read_text() == "user data" and sorted(os.listdir(tmp_path)) == ["a_file"]
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # as a user without write permission
+    code, _, err = run(capsys, "--xds", str(tiny_dataset), "-o", str(tmp_path / "new"), "--device", "cpu")
+    assert code == 1 and f"-o {tmp_path / 'new'}: no permission to write in {tmp_path}" in err
+    assert not (tmp_path / "new").exists()

@@ -39,10 +39,17 @@ def atomic_nexus(path: str, overwrite: bool = False):
             handle.attrs["creator"] = f"gpudiffuse {__version__}"
             handle.attrs["file_time"] = datetime.now(timezone.utc).isoformat()
             yield handle
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are as readable as any file the user writes
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_provenance(group, step: str, parameters: dict, backend=None):

@@ -1,0 +1,34 @@
+"""Atomic NeXus writes: the file appears whole or not at all, with the user's umask."""
+
+import os
+import stat
+
+import pytest
+
+from gpudiffuse.errors import OutputExistsError
+from gpudiffuse.io.nexus import atomic_nexus
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_honour_the_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        with atomic_nexus(tmp_path / "a.nxs") as handle:
+            handle["x"] = 1
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "a.nxs").st_mode) == mode
+
+
+def test_a_failed_write_leaves_nothing_and_an_existing_file_is_kept(tmp_path):
+    path = tmp_path / "b.nxs"
+    with pytest.raises(RuntimeError):
+        with atomic_nexus(path) as handle:
+            handle["x"] = 1
+            raise RuntimeError("interrupted")
+    assert os.listdir(tmp_path) == []
+    path.write_bytes(b"user data")
+    with pytest.raises(OutputExistsError, match="already exists; pass --overwrite"):
+        with atomic_nexus(path):
+            pass
+    assert path.read_bytes() == b"user data" and os.listdir(tmp_path) == ["b.nxs"]
