@@ -16,13 +16,14 @@ import h5py
 import numpy as np
 
 from .backend import resolve_device
-from .errors import DeviceError, GridError, OutputExistsError
+from .errors import DeviceError, GpudiffuseError, GridError, OutputExistsError
 from .experiment import Experiment, ImportParameters, import_experiment, read_experiment, summarise, write_experiment
 from .geometry.vectors import edge_resolution
 from .grid import VoxelGrid
 from .integration import IntegrationParameters
 from .integration.blocks import Execution
-from .io.nexus import atomic_nexus, read_parameters, step_is_complete, write_provenance
+from .io.fingerprint import input_fingerprint
+from .io.nexus import atomic_nexus, normalised_parameters, read_parameters, step_is_complete, write_provenance
 from .masking.peaks import PeakModel, PeakParameters, ThresholdProfile, absent_table, find_peaks
 from .merge import MergeParameters, check_grid_symmetry, expand_to_grid, merge
 from .scaling.fit import apply_scales
@@ -101,33 +102,72 @@ def _step_path(out, step):
     return os.path.join(out, f"{step}.nxs")
 
 
-def _params_dict(params: ProcessParameters, upto: str) -> dict:
-    d = {"geometry": asdict(params.geometry)}
-    if upto in ("peaks", "integrate", "merged", "map"):
+STEPS = ("experiment", "peaks", "integrate", "scale", "merged", "map")
+
+
+def _params_dict(params: ProcessParameters, upto: str, inputs: dict | None = None) -> dict:
+    """The cache key of step ``upto``: the parameters of it and of every step before it (a step's
+    result depends on all of them) and the fingerprint of the input files."""
+    level = STEPS.index(upto)
+    d = {"geometry": asdict(params.geometry), "inputs": inputs}
+    if level >= STEPS.index("peaks"):
         d["peaks"] = asdict(params.peaks)
         d["bragg_mask"] = params.bragg_mask
         d["dmin"] = params.integration.dmin
-    if upto in ("integrate", "merged", "map"):
+    if level >= STEPS.index("integrate"):
         d["integration"] = asdict(params.integration)
         d["background"] = params.background
         d["scale"] = params.scale
         d["min_pixels"], d["min_counts"] = params.min_pixels, params.min_counts
-    if upto in ("scale", "merged", "map"):
+    if level >= STEPS.index("scale"):
         d["scaling"] = asdict(params.scaling) if params.scale == "model" else None
-    if upto in ("merged", "map"):
+    if level >= STEPS.index("merged"):
         d["merging"] = asdict(params.merging)
     return d
 
 
+def _differences(stored, wanted, prefix="") -> list[str]:
+    """Dotted names of the entries in which two parameter dicts differ."""
+    if not isinstance(stored, dict) or not isinstance(wanted, dict):
+        return [prefix or "parameters"] if stored != wanted else []
+    out = []
+    for key in sorted(set(stored) | set(wanted), key=str):
+        out += _differences(stored.get(key), wanted.get(key), f"{prefix}.{key}" if prefix else str(key))
+    return out
+
+
 def _should_run(path, parameters, overwrite) -> bool:
+    """Whether to (re)run the step that writes ``path``. Changed inputs run it again (the file is
+    this program's own, made from inputs that no longer exist); changed parameters need --overwrite,
+    and the refusal names them."""
     if not os.path.exists(path):
         return True
     if step_is_complete(path, parameters):
         logger.info("%s is up to date: skipping this step", path)
         return False
+    stored = read_parameters(path) or {}
+    changed = _differences(stored, normalised_parameters(parameters))
+    if changed and all(name.startswith("inputs") for name in changed):
+        logger.info("%s: the input files changed since it was written (%s): running the step again", path,
+                    ", ".join(_input_names(changed)))
+        return True
     if overwrite:
         return True
-    raise OutputExistsError(f"{path} exists and was made with other parameters; pass --overwrite to replace it")
+    raise OutputExistsError(f"{path} exists and was made with other parameters ({', '.join(changed[:6])}"
+                            f"{', …' if len(changed) > 6 else ''}); pass --overwrite to replace it")
+
+
+def _input_names(changed):
+    names = [c.split("inputs.geometry.", 1)[1] if c.startswith("inputs.geometry.") else
+             "image files" if c == "inputs.frames" else c for c in changed]
+    return names if names != ["inputs"] else ["no fingerprint stored"]
+
+
+def _previous_experiment(path):
+    try:
+        return read_experiment(path) if os.path.exists(path) else None
+    except (GpudiffuseError, OSError, KeyError, ValueError):
+        return None
 
 
 def process(params: ProcessParameters, out: str, overwrite: bool = False, progress: bool = True) -> dict:
@@ -139,12 +179,14 @@ def process(params: ProcessParameters, out: str, overwrite: bool = False, progre
     clock.step("import")
     # 1. import
     path = _step_path(out, "experiment")
-    p = _params_dict(params, "experiment")
-    if _should_run(path, p, overwrite):
+    previous = _previous_experiment(path)
+    inputs = None if previous is None else input_fingerprint(params.geometry, previous)
+    if _should_run(path, _params_dict(params, "experiment", inputs), overwrite):
         experiment = import_experiment(params.geometry)
-        write_experiment(experiment, path, p, overwrite=True)
+        inputs = input_fingerprint(params.geometry, experiment)
+        write_experiment(experiment, path, _params_dict(params, "experiment", inputs), overwrite=True)
     else:
-        experiment = read_experiment(path)
+        experiment = previous
     space_group = experiment.space_group
     check_grid_symmetry(space_group, params.integration.ndiv)
     dmin = resolve_dmin(experiment, params.integration.dmin)
@@ -153,7 +195,7 @@ def process(params: ProcessParameters, out: str, overwrite: bool = False, progre
     clock.step("peaks")
     # 2. peak search (pass 1)
     path = _step_path(out, "peaks")
-    p = _params_dict(params, "peaks")
+    p = _params_dict(params, "peaks", inputs)
     if not params.bragg_mask:
         search = None
     elif _should_run(path, p, overwrite):
@@ -165,7 +207,7 @@ def process(params: ProcessParameters, out: str, overwrite: bool = False, progre
     clock.step("integrate")
     # 3. integration (pass 2)
     path = _step_path(out, "integrate")
-    p = _params_dict(params, "integrate")
+    p = _params_dict(params, "integrate", inputs)
     if _should_run(path, p, overwrite):
         tables = _integrate(experiment, search, dmin, params, backend, progress)
         _write_integrate(path, tables, p, backend)
@@ -178,7 +220,7 @@ def process(params: ProcessParameters, out: str, overwrite: bool = False, progre
     scale_fit, unscaled = None, None
     if params.scale == "model":
         path = _step_path(out, "scale")
-        p = _params_dict(params, "scale")
+        p = _params_dict(params, "scale", inputs)
         if _should_run(path, p, overwrite):
             scale_fit = fit_observations(experiment, observations, params.integration.ndiv, params.scaling, progress)
             write_scale(path, scale_fit, p, backend)
@@ -204,7 +246,7 @@ def process(params: ProcessParameters, out: str, overwrite: bool = False, progre
     if tables["excluded"]:
         bragg, _, _ = merge(tables["excluded"], space_group, params.integration.ndiv, metric, params.merging)
     path = _step_path(out, "merged")
-    p = _params_dict(params, "merged")
+    p = _params_dict(params, "merged", inputs)
     with atomic_nexus(path, overwrite=True) as handle:
         entry = handle.create_group("entry")
         entry.attrs["NX_class"] = "NXentry"

@@ -168,3 +168,42 @@ def test_output_path_faults_are_named_before_any_work(tiny_dataset, tmp_path, ca
     code, _, err = run(capsys, "--xds", str(tiny_dataset), "-o", str(tmp_path / "new"), "--device", "cpu")
     assert code == 1 and f"-o {tmp_path / 'new'}: no permission to write in {tmp_path}" in err
     assert not (tmp_path / "new").exists()
+
+
+def test_changed_inputs_rerun_their_steps_and_changed_parameters_are_named(tiny_copy, tmp_path, capsys, caplog):
+    """The cache key of a step holds the parameters of every step before it and a fingerprint of
+    the input files: an edited geometry file or a touched frame runs the steps again; a changed
+    parameter is refused without --overwrite, naming it; with --overwrite the scaling step is
+    refitted too (its key used to omit the integration parameters)."""
+    import logging
+
+    out = tmp_path / "out"
+    args = ["--xds", str(tiny_copy), "-o", str(out), "--device", "cpu"]
+    assert run(capsys, *args)[0] == 0
+    stamps = {name: os.stat(out / name).st_mtime_ns for name in ("experiment.nxs", "integrate.nxs", "scale.nxs")}
+
+    with caplog.at_level(logging.INFO):
+        assert run(capsys, *args)[0] == 0
+    assert "integrate.nxs is up to date" in caplog.text
+    assert all(os.stat(out / n).st_mtime_ns == t for n, t in stamps.items())
+
+    gxparm = tiny_copy / "GXPARM.XDS"
+    gxparm.write_text(gxparm.read_text() + "\n")  # same geometry, other bytes: the content hash sees it
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert run(capsys, *args)[0] == 0
+    assert f"the input files changed since it was written ({gxparm})" in caplog.text
+    assert all(os.stat(out / n).st_mtime_ns > t for n, t in stamps.items())
+
+    frame = sorted((tiny_copy / "frames").iterdir())[3]
+    os.utime(frame, ns=(os.stat(frame).st_atime_ns, os.stat(frame).st_mtime_ns + 10**9))
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert run(capsys, *args)[0] == 0
+    assert "input files changed since it was written (image files)" in caplog.text
+
+    code, _, err = run(capsys, *args, "--wedge-frames", "3")
+    assert code == 1 and "integrate.nxs exists and was made with other parameters (integration.wedge_frames" in err
+    stamps = {name: os.stat(out / name).st_mtime_ns for name in ("integrate.nxs", "scale.nxs")}
+    assert run(capsys, *args, "--wedge-frames", "3", "--overwrite")[0] == 0
+    assert all(os.stat(out / n).st_mtime_ns > t for n, t in stamps.items())

@@ -80,8 +80,12 @@ def read_parameters(path: str) -> dict | None:
         return None
 
 
+def normalised_parameters(parameters: dict) -> dict:
+    """``parameters`` as they read back from a step file (JSON types)."""
+    return json.loads(json.dumps(parameters, sort_keys=True, default=_json_default))
+
+
 def step_is_complete(path: str, parameters: dict) -> bool:
     """True if ``path`` exists and was written with the same parameters (resume)."""
     stored = read_parameters(path)
-    wanted = json.loads(json.dumps(parameters, sort_keys=True, default=_json_default))
-    return stored is not None and stored == wanted
+    return stored is not None and stored == normalised_parameters(parameters)
