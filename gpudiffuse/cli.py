@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import sys
 
 from . import __version__
 from .errors import GpudiffuseError
+from .io.output_folder import OutputFolder
 from .integration.pixels import DEFAULT_WEDGE_DEGREES
 
 __all__ = ["build_parser", "main"]
@@ -220,7 +220,7 @@ def _run_process(args):
 
     params = _process_parameters(args)
     _check_output_folder(args.out)
-    with _cleanup_on_error(args.out):
+    with OutputFolder(args.out):
         result = process(params, args.out, overwrite=args.overwrite)
     _report(result, format_statistics)
 
@@ -261,8 +261,9 @@ def _run_scale(args):
     options = _scale_options(args)
     # the same table process scales: minus the background run, when there was one
     table = _subtract_background(_read_integrate(integrate_path)["observations"])
-    fit = fit_observations(experiment, table, ndiv, options)
-    write_scale(out_path, fit, {"scaling": asdict(options)}, None)
+    with OutputFolder(args.out):
+        fit = fit_observations(experiment, table, ndiv, options)
+        write_scale(out_path, fit, {"scaling": asdict(options)}, None)
     print(fit.summary())
     crystal = experiment.sweeps[0].crystal
     metric = crystal.A.T @ crystal.A
@@ -314,7 +315,7 @@ def _run_import(args):
     params = _import_parameters(args)
     _check_output_folder(args.out)
     out_path = os.path.join(args.out, "experiment.nxs")
-    with _cleanup_on_error(args.out):
+    with OutputFolder(args.out):
         experiment = import_experiment(params, out_path, overwrite=args.overwrite)
     print(summarise(experiment))
     print(f"written {out_path}")
@@ -333,22 +334,6 @@ def _check_output_folder(folder):
         raise GpudiffuseError(f"-o {folder}: {ancestor} is not a folder")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise GpudiffuseError(f"-o {folder}: no permission to write in {ancestor}")
-
-
-class _cleanup_on_error:
-    """Remove the output folder if this run created it and then failed (no partial output)."""
-
-    def __init__(self, folder):
-        self.folder = folder
-        self.created = not os.path.exists(folder)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None and self.created and os.path.isdir(self.folder):
-            shutil.rmtree(self.folder, ignore_errors=True)
-        return False
 
 
 COMMANDS = {"simulate": _run_simulate, "import": _run_import, "process": _run_process, "scale": _run_scale,

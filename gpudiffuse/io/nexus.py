@@ -21,6 +21,9 @@ from .. import __version__
 __all__ = ["atomic_nexus", "write_provenance", "read_parameters", "step_is_complete"]
 
 
+WRITTEN: list[str] = []  # every file atomic_nexus finished in this process (for OutputFolder's clean-up)
+
+
 @contextlib.contextmanager
 def atomic_nexus(path: str, overwrite: bool = False):
     """Context manager yielding an open ``h5py.File`` that appears at ``path`` on success only."""
@@ -41,6 +44,7 @@ def atomic_nexus(path: str, overwrite: bool = False):
             yield handle
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are as readable as any file the user writes
         os.replace(tmp, path)
+        WRITTEN.append(os.path.abspath(path))
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
