@@ -79,14 +79,54 @@ class Experiment:
 def load_geometry(params: ImportParameters) -> list[Sweep]:
     """Sweeps from the geometry source, with batch ids 0, 1, … in order."""
     if params.xds:
-        sweeps = load_xds(params.xds)
+        xparm = next((os.path.join(params.xds, n) for n in ("GXPARM.XDS", "XPARM.XDS")
+                      if os.path.isfile(os.path.join(params.xds, n))), params.xds)
+        sweeps = _named(load_xds, params.xds, xparm)
     else:
-        sweeps = [s for path in params.expt for s in load_dials(path)]
+        sweeps = [s for path in params.expt for s in _named(load_dials, path, path)]
     sweeps = [s.with_batch(i) for i, s in enumerate(sweeps)]
     groups = {s.crystal.space_group.laue_str() for s in sweeps}
     if len(groups) > 1:
         raise GeometryError(f"sweeps disagree on the Laue group: {sorted(groups)}")
+    check_cells(sweeps)
     return sweeps
+
+
+def _named(loader, argument, source):
+    """Run a geometry loader; a GeometryError that does not name its file gets ``source`` in front."""
+    try:
+        return loader(argument)
+    except GeometryError as exc:
+        if str(argument) in str(exc) or str(source) in str(exc):
+            raise
+        raise GeometryError(f"{source}: {exc}") from exc
+
+
+CELL_TOLERANCE = (0.02, 2.0)  # relative length, degrees
+
+
+def check_cells(sweeps) -> None:
+    """Each sweep's cell must suit its space group (gemmi), and the sweeps' cells must agree within
+    2 % in length and 2° in angle: they are merged into one map."""
+    cells = []
+    for sweep in sweeps:
+        cell = sweep.crystal.unit_cell
+        group = sweep.crystal.space_group
+        if not cell.is_compatible_with_spacegroup(group, 1e-2):
+            raise GeometryError(f"{sweep.source or 'sweep'}: the cell {_cell_text(cell)} does not suit space group "
+                                f"{group.hm} ({group.number})")
+        cells.append(np.array([cell.a, cell.b, cell.c, cell.alpha, cell.beta, cell.gamma], dtype=np.float64))
+    for sweep, cell in zip(sweeps[1:], cells[1:]):
+        length = np.max(np.abs(cell[:3] / cells[0][:3] - 1))
+        angle = np.max(np.abs(cell[3:] - cells[0][3:]))
+        if length > CELL_TOLERANCE[0] or angle > CELL_TOLERANCE[1]:
+            raise GeometryError(f"{sweep.source or f'sweep {sweep.batch}'}: cell {np.round(cell, 2).tolist()} differs "
+                                f"from the first sweep's {np.round(cells[0], 2).tolist()} by {100 * length:.1f} % / "
+                                f"{angle:.1f}° (at most 2 % / 2° are merged together)")
+
+
+def _cell_text(cell) -> str:
+    return f"{cell.a:.2f} {cell.b:.2f} {cell.c:.2f} {cell.alpha:.1f} {cell.beta:.1f} {cell.gamma:.1f}"
 
 
 def build_masks(sweeps: list[Sweep], params: ImportParameters) -> tuple[list[Sweep], list[np.ndarray], list[list]]:

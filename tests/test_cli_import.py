@@ -96,3 +96,49 @@ def test_json_that_is_not_an_experiment_list(tmp_path, capsys):
 
 def test_both_or_neither_geometry_source(tiny_dataset, tmp_path, capsys):
     _expect_failure(capsys, tmp_path, [], "exactly one geometry source")
+
+
+def _edit_line(path, number, old, new):
+    lines = path.read_text().splitlines()
+    assert old in lines[number - 1]
+    lines[number - 1] = lines[number - 1].replace(old, new)
+    path.write_text("\n".join(lines) + "\n")
+
+
+GXPARM_FAULTS = [  # (line, old, new, message): the tiny dataset's GXPARM.XDS, P212121 40×48×56 Å
+    (5, "37.568352        6.030211      -12.339186", "0.0 0.0 0.0", "crystal axes a, b, c are zero"),
+    (6, "-16.460359       17.631578      -41.499205", "75.136704 12.060422 -24.678372",
+     "crystal axes a, b, c are zero, not finite or (nearly) coplanar"),
+    (9, "80.000000", "nan", "detector origin (distance and beam centre) is not finite"),
+    (2, "0.5000", "inf", "oscillation (start, width) is not finite"),
+    (4, "    23 ", "   195 ", "does not suit space group P 2 3 (195)"),
+]
+
+
+def test_geometry_faults_are_named_with_their_file(tiny_copy, tmp_path, capsys):
+    gxparm = tiny_copy / "GXPARM.XDS"
+    original = gxparm.read_text()
+    for line, old, new, message in GXPARM_FAULTS:
+        gxparm.write_text(original)
+        _edit_line(gxparm, line, old, new)
+        _expect_failure(capsys, tmp_path, ["--xds", str(tiny_copy)], str(gxparm), message)
+
+
+def test_sweeps_with_different_cells_are_not_merged(snase_dir):
+    import dataclasses
+
+    import pytest
+
+    from gpudiffuse.errors import GeometryError
+    from gpudiffuse.experiment import check_cells
+    from gpudiffuse.geometry.dials import load_dials
+    from gpudiffuse.geometry.model import Crystal
+
+    files = sorted((snase_dir / "experiments").glob("experiments_for_lunus_*.json"))[:2]
+    sweeps = [s for f in files for s in load_dials(str(f))]
+    check_cells(sweeps)  # the real stills agree
+    crystal = sweeps[1].crystal
+    stretched = Crystal.from_real_space(*(crystal.real_space_axes * 1.25), crystal.space_group)
+    bad = [sweeps[0], dataclasses.replace(sweeps[1], crystal=stretched)]
+    with pytest.raises(GeometryError, match=r"differs from the first sweep's .* by 25\.0 %"):
+        check_cells(bad)

@@ -136,8 +136,13 @@ class Panel:
         object.__setattr__(self, "slow_axis", _unit(self.slow_axis, "detector slow axis"))
         object.__setattr__(self, "pixel_size", tuple(float(x) for x in self.pixel_size))
         object.__setattr__(self, "image_size", tuple(int(x) for x in self.image_size))
-        if min(self.pixel_size) <= 0 or min(self.image_size) <= 0:
+        if not (min(self.pixel_size) > 0 and np.all(np.isfinite(self.pixel_size))) or min(self.image_size) <= 0:
             raise GeometryError(f"panel pixel size {self.pixel_size} and image size {self.image_size} must be positive")
+        if not np.all(np.isfinite(self.origin)):
+            raise GeometryError(f"detector origin (distance and beam centre) is not finite: {self.origin.tolist()}")
+        if abs(float(np.dot(np.cross(self.fast_axis, self.slow_axis), self.origin))) < 1e-6:
+            raise GeometryError(f"detector distance is zero: origin {self.origin.tolist()} lies in the detector plane "
+                                f"through the sample")
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -214,6 +219,8 @@ class Scan:
             raise GeometryError(f"image range {self.image_range} is empty")
         object.__setattr__(self, "image_range", (first, last))
         object.__setattr__(self, "oscillation", tuple(float(x) for x in self.oscillation))
+        if not np.all(np.isfinite(self.oscillation)):
+            raise GeometryError(f"oscillation (start, width) is not finite: {self.oscillation}")
         t = np.broadcast_to(np.asarray(self.exposure_times, dtype=np.float64), (last - first + 1,)).copy()
         if not np.all(np.isfinite(t) & (t > 0)):
             raise GeometryError(f"exposure times must be positive and finite, got {t[:5]}...")
@@ -257,7 +264,12 @@ class Crystal:
     @classmethod
     def from_real_space(cls, a, b, c, space_group, **kwargs) -> "Crystal":
         """From real-space axes a, b, c (Å, lab frame at phi = 0)."""
-        return cls(A=np.linalg.inv(np.array([a, b, c], dtype=np.float64)), space_group=space_group, **kwargs)
+        axes = np.array([a, b, c], dtype=np.float64)
+        lengths = np.linalg.norm(axes, axis=1) if np.all(np.isfinite(axes)) else np.zeros(3)
+        # |det| / (|a||b||c|) is the sine-like volume factor: 0 for zero or coplanar axes
+        if np.any(lengths <= 0) or abs(np.linalg.det(axes)) < 1e-6 * np.prod(lengths):
+            raise GeometryError(f"crystal axes a, b, c are zero, not finite or (nearly) coplanar: {axes.tolist()} Å")
+        return cls(A=np.linalg.inv(axes), space_group=space_group, **kwargs)
 
     @property
     def real_space_axes(self) -> np.ndarray:
