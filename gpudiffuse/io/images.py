@@ -10,6 +10,7 @@ import glob
 import logging
 import os
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -28,16 +29,44 @@ def is_hdf5(path: str) -> bool:
     return str(path).lower().endswith(HDF5_SUFFIXES)
 
 
+class _ChecksumWatch(logging.Handler):
+    """fabio verifies a CBF's Content-MD5 but only logs a mismatch; this handler notes it for the
+    thread that is reading (handlers run in the emitting thread), so the read can fail by name."""
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.seen = threading.local()
+
+    def emit(self, record):
+        if "Checksum of binary data mismatch" in record.getMessage():
+            self.seen.message = record.getMessage()
+
+    def take(self):
+        message = getattr(self.seen, "message", None)
+        self.seen.message = None
+        return message
+
+
+_CHECKSUM = _ChecksumWatch()
+
+
 def _fabio_open(path: str):
     import fabio  # noqa: PLC0415  (fabio import is slow; only when images are read)
 
     if not os.path.exists(path):
         raise ImageError(f"image file not found: {path}")
+    logger = logging.getLogger("fabio.cbfimage")
+    if _CHECKSUM not in logger.handlers:
+        logger.addHandler(_CHECKSUM)
+    _CHECKSUM.take()
     try:
         image = fabio.open(path)
         data = image.data
     except Exception as exc:  # fabio raises assorted types for corrupt files
         raise ImageError(f"cannot read image {path}: corrupt, truncated or unsupported ({exc.__class__.__name__}: {exc})") from exc
+    mismatch = _CHECKSUM.take()
+    if mismatch:
+        raise ImageError(f"corrupt image {path}: the pixel data do not match the header's Content-MD5 ({mismatch})")
     if data is None or data.ndim != 2 or data.size == 0:
         raise ImageError(f"cannot read image {path}: no 2-D pixel array in the file")
     header = dict(image.header)

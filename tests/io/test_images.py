@@ -95,3 +95,22 @@ def test_frame_source_rejects_nan_and_wrong_size(tiny_dataset, tmp_path):
         f["entry/data/data_000001"] = np.ones((n, 100, 487), np.int32)
     with pytest.raises(ImageError, match="is 487x100 pixels but the geometry says 487x195"):
         list(FrameSource(h5_sweep, chunk_size=4))
+
+
+def test_a_cbf_whose_pixels_do_not_match_its_checksum_is_refused(tiny_copy, tmp_path, capsys):
+    """The binary section overwritten with the size kept: fabio only logs the MD5 mismatch; the
+    read fails naming the file, and `process` stops with that message and leaves no output."""
+    from gpudiffuse.cli import main
+
+    frame = sorted((tiny_copy / "frames").glob("*.cbf"))[5]
+    raw = bytearray(frame.read_bytes())
+    start = raw.index(b"\x0c\x1a\x04\xd5") + 4
+    raw[start + 100:start + 120] = bytes(20)
+    frame.write_bytes(bytes(raw))
+    with pytest.raises(ImageError, match=f"corrupt image {frame}: the pixel data do not match the header's Content-MD5"):
+        read_image(str(frame))
+    read_image(str(sorted((tiny_copy / "frames").glob("*.cbf"))[4]))  # its neighbour still reads
+    out = tmp_path / "out"
+    assert main(["process", "--xds", str(tiny_copy), "-o", str(out), "--device", "cpu"]) == 1
+    assert f"corrupt image {frame}" in capsys.readouterr().err
+    assert not out.exists()
