@@ -142,3 +142,15 @@ def test_sweeps_with_different_cells_are_not_merged(snase_dir):
     bad = [sweeps[0], dataclasses.replace(sweeps[1], crystal=stretched)]
     with pytest.raises(GeometryError, match=r"differs from the first sweep's .* by 25\.0 %"):
         check_cells(bad)
+
+
+def test_a_frame_without_exposure_time_is_named_not_given_one_second(tiny_copy, tmp_path, capsys):
+    frame = sorted((tiny_copy / "frames").glob("*.cbf"))[2]
+    raw = frame.read_bytes()
+    start = raw.index(b"# Exposure_time")
+    end = raw.index(b"\n", start) + 1
+    frame.write_bytes(raw[:start] + raw[end:])
+    _expect_failure(capsys, tmp_path, ["--xds", str(tiny_copy)], str(frame),
+                    "no Exposure_time in the header, while the other frames have one")
+    frame.write_bytes(raw[:start] + b"# Exposure_time -0.2 s\r\n" + raw[end:])
+    _expect_failure(capsys, tmp_path, ["--xds", str(tiny_copy)], str(frame), "Exposure_time -0.2 s in the header")

@@ -274,17 +274,32 @@ def _eiger_images(template, first, last, src):
 
 
 def _exposure_times(images, detector) -> np.ndarray:
-    """Per-frame exposure from the Pilatus mini-header where there is one, else 1 s."""
+    """Per-frame exposure (s) from the Pilatus mini-headers; 1 s when the images carry none (SMV, or
+    CBF frames none of which has the keyword: the rates are then per frame, logged). A frame that
+    lacks it while the others have it, or whose value is not positive, is an error naming it
+    (a silent default would scale that frame wrongly)."""
     from .cbf_header import read_pilatus_header  # noqa: PLC0415
 
     if not images[0].lower().endswith(".cbf"):
         return np.ones(len(images))
-    times = []
+    times, missing = [], []
     for path in images:
         try:
-            times.append(read_pilatus_header(path).get("exposure_time", 1.0))
+            value = read_pilatus_header(path).get("exposure_time")
         except ImageError:
-            times.append(1.0)
+            value = None
+        if value is None:
+            missing.append(path)
+        elif not (np.isfinite(value) and value > 0):
+            raise ImageError(f"{path}: Exposure_time {value} s in the header is not a positive time")
+        times.append(np.nan if value is None else value)
+    if missing and len(missing) < len(images):
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ImageError(f"{missing[0]}{more}: no Exposure_time in the header, while the other frames have one "
+                         f"(median {np.nanmedian(times):g} s); the frame cannot be put on their scale")
+    if missing:
+        logger.warning("no frame header gives Exposure_time: 1 s assumed (rates are per frame)")
+        return np.ones(len(images))
     return np.array(times)
 
 
