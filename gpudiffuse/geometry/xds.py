@@ -286,7 +286,9 @@ def _exposure_times(images, detector) -> np.ndarray:
     for path in images:
         try:
             value = read_pilatus_header(path).get("exposure_time")
-        except ImageError:
+        except ImageError as exc:
+            if "no Pilatus mini-header" not in str(exc):
+                raise  # unreadable or corrupt: the error names the file
             value = None
         if value is None:
             missing.append(path)
