@@ -84,6 +84,22 @@ def resolve_dmin(experiment: Experiment, dmin: float | None) -> float:
     return float(dmin)
 
 
+def check_grid_memory(experiment: Experiment, ndiv, dmin: float) -> None:
+    """Refuse, before any work, a grid whose dense map (intensity and σ, float64, every voxel to
+    ``dmin``) would need more than half of this machine's memory."""
+    axes = experiment.sweeps[0].crystal.real_space_axes
+    extent = [2 * int(np.ceil(np.linalg.norm(axis) * n / dmin)) + 1 for axis, n in zip(axes, ndiv)]
+    need = 16.0 * float(np.prod(np.array(extent, dtype=np.float64)))
+    try:
+        memory = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > memory / 2:
+        raise GridError(f"--ndiv {' '.join(str(n) for n in ndiv)} to {dmin:.3g} Å needs a map grid of "
+                        f"{' × '.join(str(e) for e in extent)} voxels, about {need / 2**30:.3g} GiB; this machine has "
+                        f"{memory / 2**30:.3g} GiB")
+
+
 class _StepClock:
     """Wall time per step (s), logged as each step ends."""
 
@@ -190,6 +206,7 @@ def process(params: ProcessParameters, out: str, overwrite: bool = False, progre
     space_group = experiment.space_group
     check_grid_symmetry(space_group, params.integration.ndiv)
     dmin = resolve_dmin(experiment, params.integration.dmin)
+    check_grid_memory(experiment, params.integration.ndiv, dmin)
     logger.info("experiment:\n%s", summarise(experiment))
 
     clock.step("peaks")

@@ -207,3 +207,8 @@ def test_changed_inputs_rerun_their_steps_and_changed_parameters_are_named(tiny_
     stamps = {name: os.stat(out / name).st_mtime_ns for name in ("integrate.nxs", "scale.nxs")}
     assert run(capsys, *args, "--wedge-frames", "3", "--overwrite")[0] == 0
     assert all(os.stat(out / n).st_mtime_ns > t for n, t in stamps.items())
+
+
+def test_a_grid_too_large_for_the_memory_is_refused_before_integration(tiny_dataset, tmp_path, capsys):
+    expect_failure(capsys, tmp_path, ["--xds", str(tiny_dataset), "--ndiv", "5000", "5000", "5000"],
+                   "--ndiv 5000 5000 5000 to", "GiB; this machine has")
