@@ -514,5 +514,6 @@ def format_statistics(stats: dict) -> str:
         lines.append(f"{stats['d_max'][i]:6.2f} {stats['d_min'][i]:6.2f} {int(stats['n'][i]):7d} "
                      f"{stats['mean_I'][i]:8.4g} {stats['mean_I_over_sigma'][i]:9.1f} {stats['cc_half'][i]:7.4f} "
                      f"{stats['cc_star'][i]:7.4f} {stats['r_split'][i]:8.4f}"
-                     + (f" {stats['cc_half_unscaled'][i]:16.4f}" if before else ""))
+                     + (f" {stats['cc_half_unscaled'][i]:16.4f}" if before else "")
+                     + ("  <- CC1/2 undefined or below 0: no usable signal" if not stats["cc_half"][i] >= 0 else ""))
     return "\n".join(lines)

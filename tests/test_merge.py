@@ -75,3 +75,15 @@ def test_weighted_mean_outliers_and_half_sets():
         assert merged["intensity"][i] == pytest.approx(np.sum(w * values[sel]) / w.sum(), rel=1e-12)
         assert merged["sigma"][i] == pytest.approx(w.sum() ** -0.5, rel=1e-12)
     assert np.nanmin(stats["cc_half"]) > 0.8
+
+
+def test_statistics_table_flags_shells_without_signal():
+    import numpy as np
+
+    from gpudiffuse.pipeline import format_statistics
+
+    stats = {k: np.array([1.0, 1.0, 1.0]) for k in ("d_max", "d_min", "n", "mean_I", "mean_I_over_sigma", "cc_star",
+                                                     "r_split")}
+    stats["cc_half"] = np.array([0.9, -0.1, np.nan])
+    lines = format_statistics(stats).splitlines()[1:]
+    assert ["<- CC1/2 undefined or below 0" in line for line in lines] == [False, True, True]
