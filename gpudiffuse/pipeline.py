@@ -125,14 +125,17 @@ def _params_dict(params: ProcessParameters, upto: str, inputs: dict | None = Non
     """The cache key of step ``upto``: the parameters of it and of every step before it (a step's
     result depends on all of them) and the fingerprint of the input files."""
     level = STEPS.index(upto)
-    d = {"geometry": asdict(params.geometry), "inputs": inputs}
+    geometry = asdict(params.geometry)  # paths made absolute: the same files spelled otherwise are the same run
+    geometry["xds"] = os.path.abspath(geometry["xds"]) if geometry["xds"] else None
+    geometry["expt"] = [os.path.abspath(p) for p in geometry["expt"]]
+    d = {"geometry": geometry, "inputs": inputs}
     if level >= STEPS.index("peaks"):
         d["peaks"] = asdict(params.peaks)
         d["bragg_mask"] = params.bragg_mask
         d["dmin"] = params.integration.dmin
     if level >= STEPS.index("integrate"):
         d["integration"] = asdict(params.integration)
-        d["background"] = params.background
+        d["background"] = os.path.abspath(params.background) if params.background else None
         d["scale"] = params.scale
         d["min_pixels"], d["min_counts"] = params.min_pixels, params.min_counts
     if level >= STEPS.index("scale"):

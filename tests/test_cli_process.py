@@ -212,3 +212,12 @@ def test_changed_inputs_rerun_their_steps_and_changed_parameters_are_named(tiny_
 def test_a_grid_too_large_for_the_memory_is_refused_before_integration(tiny_dataset, tmp_path, capsys):
     expect_failure(capsys, tmp_path, ["--xds", str(tiny_dataset), "--ndiv", "5000", "5000", "5000"],
                    "--ndiv 5000 5000 5000 to", "GiB; this machine has")
+
+
+def test_the_same_files_spelled_otherwise_are_the_same_run(tiny_dataset, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    assert run(capsys, "--xds", str(tiny_dataset), "-o", str(out), "--device", "cpu", "--scale", "none")[0] == 0
+    monkeypatch.chdir(tiny_dataset.parent)
+    code, _, err = run(capsys, "--xds", f"./{tiny_dataset.name}/", "-o", str(out), "--device", "cpu",
+                       "--scale", "none")
+    assert code == 0, err
