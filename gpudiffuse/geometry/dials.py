@@ -53,9 +53,10 @@ def _vec(d, key, source):
 def find_image(path: str, json_dir: str) -> str:
     """Locate an image named in an ExperimentList.
 
-    Tried in order: the path itself (absolute, or relative to the JSON's folder); the
-    file name beside the JSON; the file name anywhere below the JSON's folder or its
-    parent (depth ≤ 3), which covers JSONs moved together with their image folder.
+    Tried in order: the path itself (absolute, or relative to the JSON's folder); the file name
+    beside the JSON; the file name below the JSON's folder or its parent (depth ≤ 3, for a JSON
+    moved together with its image folder), used only when exactly one such file exists (and
+    logged); several candidates are an error that lists them.
     """
     candidates = [path if os.path.isabs(path) else os.path.join(json_dir, path)]
     name = os.path.basename(path)
@@ -63,13 +64,22 @@ def find_image(path: str, json_dir: str) -> str:
     for candidate in candidates:
         if os.path.exists(candidate):
             return os.path.normpath(candidate)
+    found = set()
     for root in (json_dir, os.path.dirname(os.path.abspath(json_dir))):
         base_depth = root.rstrip(os.sep).count(os.sep)
         for dirpath, dirnames, filenames in os.walk(root):
             if dirpath.count(os.sep) - base_depth >= 3:
                 dirnames[:] = []
             if name in filenames:
-                return os.path.normpath(os.path.join(dirpath, name))
+                found.add(os.path.normpath(os.path.abspath(os.path.join(dirpath, name))))
+    found = sorted(found)
+    if len(found) == 1:
+        logger.info("image %s named in the ExperimentList found at %s", path, found[0])
+        return found[0]
+    if found:
+        raise GeometryError(f"image {path} named in the ExperimentList is missing, and {len(found)} files of that "
+                            f"name lie below {json_dir} or its parent: {', '.join(found[:5])}; which one is meant is "
+                            f"not known")
     raise GeometryError(f"image {path} named in the ExperimentList was not found (looked beside and below {json_dir})")
 
 

@@ -121,3 +121,23 @@ def test_not_an_experiment_list(tmp_path, content, message):
     with pytest.raises(GeometryError, match=message) as info:
         load_dials(str(path))
     assert str(path) in str(info.value)
+
+
+def test_a_missing_image_is_relocated_only_when_one_candidate_exists(tmp_path):
+    import pytest
+
+    from gpudiffuse.errors import GeometryError
+    from gpudiffuse.geometry.dials import find_image
+
+    json_dir = tmp_path / "project" / "experiments"
+    json_dir.mkdir(parents=True)
+    (tmp_path / "project" / "images").mkdir()
+    image = tmp_path / "project" / "images" / "still_00001.cbf"
+    image.write_bytes(b"x")
+    assert find_image("/elsewhere/raw/still_00001.cbf", str(json_dir)) == str(image)
+    (tmp_path / "project" / "other").mkdir()
+    (tmp_path / "project" / "other" / "still_00001.cbf").write_bytes(b"y")
+    with pytest.raises(GeometryError, match="2 files of that name lie below .*images/still_00001.cbf.*other/still"):
+        find_image("/elsewhere/raw/still_00001.cbf", str(json_dir))
+    with pytest.raises(GeometryError, match="was not found"):
+        find_image("/elsewhere/raw/still_00002.cbf", str(json_dir))
