@@ -295,6 +295,13 @@ def process(params: ProcessParameters, out: str, overwrite: bool = False, progre
         data.create_dataset("intensity_errors", data=errors, compression="gzip")
         for name, axis, n in zip("hkl", axes, params.integration.ndiv):
             data[name] = axis / n
+            data[name].attrs["units"] = "r.l.u."
+        for name in ("intensity", "intensity_errors"):
+            data[name].attrs["units"] = INTENSITY_UNITS
+        data.attrs["space_group"] = space_group.hm
+        data.attrs["unit_cell"] = np.asarray(crystal.unit_cell.parameters, dtype=np.float64)
+        data.attrs["unit_cell_units"] = "angstrom, degrees"
+        data.attrs["ndiv"] = np.asarray(params.integration.ndiv, dtype=np.int64)
         entry.attrs["default"] = "data"
         handle.attrs["default"] = "entry"
     clock.step(None)
@@ -403,6 +410,11 @@ def _subtract_background(table):
     return out
 
 
+# the per-voxel rate of DESIGN §8, counts / Σ(K·t) with K = Ω·P·E·A, divided by the dimensionless
+# scale factors; not on an absolute scale (the absolute step, DESIGN §12, is not written yet)
+INTENSITY_UNITS = "counts / (s sr), relative scale"
+
+
 def _write_merged_group(entry, name, merged, crystal, ndiv):
     g = entry.create_group(name)
     g.attrs["NX_class"] = "NXcollection"
@@ -411,6 +423,10 @@ def _write_merged_group(entry, name, merged, crystal, ndiv):
     g.create_dataset("n", data=np.asarray(merged["n"], dtype=np.int64))
     g.create_dataset("s", data=merged["s"])
     g["s"].attrs["units"] = "1/angstrom"
+    for key in ("h", "k", "l"):
+        g[key].attrs["units"] = "r.l.u."
+    for key in ("intensity", "sigma"):
+        g[key].attrs["units"] = INTENSITY_UNITS
     g.attrs["ndiv"] = np.asarray(ndiv, dtype=np.int64)
     g.attrs["space_group"] = crystal.space_group.hm
     g.attrs["unit_cell"] = np.asarray(crystal.unit_cell.parameters, dtype=np.float64)

@@ -105,7 +105,7 @@ def _edit_line(path, number, old, new):
     path.write_text("\n".join(lines) + "\n")
 
 
-GXPARM_FAULTS = [  # (line, old, new, message): the tiny dataset's GXPARM.XDS, P212121 40×48×56 Å
+GXPARM_FAULTS = [  # (line, old, new, message): the tiny dataset's GXPARM.XDS, I222 40×48×56 Å
     (5, "37.568352        6.030211      -12.339186", "0.0 0.0 0.0", "crystal axes a, b, c are zero"),
     (6, "-16.460359       17.631578      -41.499205", "75.136704 12.060422 -24.678372",
      "crystal axes a, b, c are zero, not finite or (nearly) coplanar"),

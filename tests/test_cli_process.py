@@ -221,3 +221,21 @@ def test_the_same_files_spelled_otherwise_are_the_same_run(tiny_dataset, tmp_pat
     code, _, err = run(capsys, "--xds", f"./{tiny_dataset.name}/", "-o", str(out), "--device", "cpu",
                        "--scale", "none")
     assert code == 0, err
+
+
+def test_outputs_say_their_units_cell_and_space_group(tiny_dataset, tmp_path, capsys):
+    import h5py
+
+    out = tmp_path / "out"
+    assert run(capsys, "--xds", str(tiny_dataset), "-o", str(out), "--device", "cpu", "--scale", "none")[0] == 0
+    with h5py.File(out / "map.nxs") as f:
+        data = f["entry/data"]
+        assert data["intensity"].attrs["units"] == data["intensity_errors"].attrs["units"] == "counts / (s sr), relative scale"
+        assert all(data[a].attrs["units"] == "r.l.u." for a in "hkl")
+        assert data.attrs["space_group"] == "I 2 2 2"
+        np.testing.assert_allclose(data.attrs["unit_cell"], [40, 48, 56, 90, 90, 90], rtol=1e-6)
+        np.testing.assert_array_equal(data.attrs["ndiv"], [3, 3, 3])
+    with h5py.File(out / "merged.nxs") as f:
+        merged = f["entry/merged"]
+        assert merged["intensity"].attrs["units"] == merged["sigma"].attrs["units"] == "counts / (s sr), relative scale"
+        assert merged["s"].attrs["units"] == "1/angstrom" and merged["h"].attrs["units"] == "r.l.u."
