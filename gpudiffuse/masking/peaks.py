@@ -186,6 +186,18 @@ class PeakSearch:
     per_sweep: list[dict]
 
 
+def odd_frames(rates: np.ndarray, k: float = 10.0, floor: float = 0.2) -> np.ndarray:
+    """Indices of frames whose total count rate differs from the median by more than k robust
+    standard deviations (1.4826 · MAD) and by more than ``floor`` of the median: beam loss (an
+    all-zero frame), a shutter fault, a frame of another run."""
+    if len(rates) < 5:
+        return np.zeros(0, np.int64)
+    median = np.median(rates)
+    spread = 1.4826 * np.median(np.abs(rates - median))
+    far = np.abs(rates - median) > np.maximum(k * spread, floor * abs(median))
+    return np.flatnonzero(far)
+
+
 def find_peaks(experiment, params: PeakParameters, dmin: float | None = None, progress: bool = True) -> PeakSearch:
     """Pass 1 over every frame (or every ``frame_stride``-th) of every sweep: the automatic
     threshold from ``threshold_frames`` evenly spaced frames, then strong ("hot") pixels of each
@@ -214,11 +226,14 @@ def find_peaks(experiment, params: PeakParameters, dmin: float | None = None, pr
         threshold = profile.per_pixel(s_norm)
         frames = _stride_frames(sweep, params)
         strong = _StrongPixels(len(pix))
+        rates = np.zeros(len(frames))
         for chunk in FrameSource(sweep, frames, chunk_size=8):
             data = chunk.data.reshape(len(chunk.frame_indices), -1)
             for i, z in enumerate(chunk.frame_indices):
                 counts = data[i, pix]
-                hot = np.flatnonzero(frame_valid(counts, sweep.panel.trusted_range) & (counts >= threshold))
+                valid = frame_valid(counts, sweep.panel.trusted_range)
+                rates[np.searchsorted(frames, z)] = counts[valid].sum(dtype=np.float64) / chunk.exposure_times[i]
+                hot = np.flatnonzero(valid & (counts >= threshold))
                 hkl = s[hot] @ np.linalg.inv(sweep.setting_matrix(int(z))).T
                 strong.add(hot, hkl - np.rint(hkl))
             bar.update(len(chunk.frame_indices))
@@ -229,6 +244,12 @@ def find_peaks(experiment, params: PeakParameters, dmin: float | None = None, pr
         deltas.append(d)
         thresholds.append(profile)
         hot_masks.append(hot_mask.reshape(mask.shape))
+        odd = odd_frames(rates)
+        if len(odd):
+            logger.warning("%s: %d frame(s) whose total count rate is far from the series' (median %.4g /s): %s",
+                           sweep.source or f"sweep {sweep.batch}", len(odd), np.median(rates),
+                           ", ".join(f"{sweep.images[frames[i]]} ({rates[i]:.4g} /s)" for i in odd[:5])
+                           + (", …" if len(odd) > 5 else ""))
         per_sweep.append({"n_strong": int(strong.n_seen), "n_frames": int(len(frames)),
                           "median_max_delta": float(np.median(np.abs(d).max(axis=1))) if len(d) else float("nan"),
                           "n_hot_pixels": int(persistent.sum())})
