@@ -21,6 +21,7 @@ from .experiment import Experiment, ImportParameters, import_experiment, read_ex
 from .geometry.vectors import edge_resolution
 from .grid import VoxelGrid
 from .integration import IntegrationParameters
+from .integration.pixels import frame_list
 from .integration.blocks import Execution
 from .io.fingerprint import input_fingerprint
 from .io.nexus import atomic_nexus, normalised_parameters, read_parameters, step_is_complete, write_provenance
@@ -193,6 +194,7 @@ def process(params: ProcessParameters, out: str, overwrite: bool = False, progre
     """Run the whole pipeline into folder ``out``. Returns a summary dict (paths, statistics)."""
     backend = resolve_device(params.device)
     logger.info("device: %s (%s)", backend.name, backend.reason)
+    execution_for(params, backend)  # an engine that cannot run here is refused before any step
     clock = _StepClock()
 
     clock.step("import")
@@ -210,6 +212,8 @@ def process(params: ProcessParameters, out: str, overwrite: bool = False, progre
     check_grid_symmetry(space_group, params.integration.ndiv)
     dmin = resolve_dmin(experiment, params.integration.dmin)
     check_grid_memory(experiment, params.integration.ndiv, dmin)
+    for sweep in experiment.sweeps:  # --frames outside a sweep: refused before the peak search
+        frame_list(sweep, params.integration.frames)
     logger.info("experiment:\n%s", summarise(experiment))
 
     clock.step("peaks")
