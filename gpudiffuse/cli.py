@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"gpudiffuse {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only on the terminal "
+                        "(OUT/gpudiffuse.log still gets the whole log)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (they are shown only on a terminal anyway)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("simulate", help="write a simulated dataset with known truth",
@@ -220,8 +224,8 @@ def _run_process(args):
 
     params = _process_parameters(args)
     _check_output_folder(args.out)
-    with OutputFolder(args.out):
-        result = process(params, args.out, overwrite=args.overwrite)
+    with OutputFolder(args.out, log=True):
+        result = process(params, args.out, overwrite=args.overwrite, progress=not args.no_progress)
     _report(result, format_statistics)
 
 
@@ -261,8 +265,8 @@ def _run_scale(args):
     options = _scale_options(args)
     # the same table process scales: minus the background run, when there was one
     table = _subtract_background(_read_integrate(integrate_path)["observations"])
-    with OutputFolder(args.out):
-        fit = fit_observations(experiment, table, ndiv, options)
+    with OutputFolder(args.out, log=True):
+        fit = fit_observations(experiment, table, ndiv, options, progress=not args.no_progress)
         write_scale(out_path, fit, {"scaling": asdict(options)}, None)
     print(fit.summary())
     crystal = experiment.sweeps[0].crystal
@@ -315,7 +319,7 @@ def _run_import(args):
     params = _import_parameters(args)
     _check_output_folder(args.out)
     out_path = os.path.join(args.out, "experiment.nxs")
-    with OutputFolder(args.out):
+    with OutputFolder(args.out, log=True):
         experiment = import_experiment(params, out_path, overwrite=args.overwrite)
     print(summarise(experiment))
     print(f"written {out_path}")
@@ -345,6 +349,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    if args.quiet:  # the terminal shows warnings and errors; OUT/gpudiffuse.log still gets everything
+        for handler in logging.getLogger().handlers:
+            if type(handler) is logging.StreamHandler:
+                handler.setLevel(logging.WARNING)
     logging.getLogger("fabio").setLevel(logging.ERROR)
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "Unable to initialize backend 'tpu'"
     if not args.command:

@@ -239,3 +239,14 @@ def test_outputs_say_their_units_cell_and_space_group(tiny_dataset, tmp_path, ca
         merged = f["entry/merged"]
         assert merged["intensity"].attrs["units"] == merged["sigma"].attrs["units"] == "counts / (s sr), relative scale"
         assert merged["s"].attrs["units"] == "1/angstrom" and merged["h"].attrs["units"] == "r.l.u."
+
+
+def test_quiet_terminal_and_a_whole_log_file(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["-q", "--no-progress", "process", "--xds", str(tiny_dataset), "-o", str(out), "--device", "cpu",
+                 "--scale", "none"]) == 0
+    captured = capsys.readouterr()
+    assert "INFO" not in captured.err and "written" in captured.out
+    log = (out / "gpudiffuse.log").read_text()
+    assert "INFO gpudiffuse.pipeline: step integrate:" in log and "\r" not in log
+    assert not (out / ".gpudiffuse.lock").exists()

@@ -3,7 +3,8 @@
 ``OutputFolder(path)`` is a context manager around a run: it takes ``path/.gpudiffuse.lock``
 (holding the process id; a second run is refused with that id, a lock whose process no longer
 exists is taken over) and removes temporary step files (``.tmp-*.nxs``) that a killed run left.
-On an error it removes the files this run wrote (bad input leaves no output; files that were there
+With ``log``, the whole log of the run (INFO and up, whatever the terminal shows) is appended to
+``path/gpudiffuse.log`` with times. On an error it removes the files this run wrote (bad input leaves no output; files that were there
 before, or that another program put there, are never touched) and the folder if this run made it
 and it is then empty. On Ctrl-C the finished steps stay (complete files, written atomically), and
 the next run with the same parameters resumes from them.
@@ -12,14 +13,16 @@ the next run with the same parameters resumes from them.
 from __future__ import annotations
 
 import glob
+import logging
 import os
 
 from ..errors import GpudiffuseError
 from .nexus import WRITTEN
 
-__all__ = ["OutputFolder", "LOCK_NAME"]
+__all__ = ["OutputFolder", "LOCK_NAME", "LOG_NAME"]
 
 LOCK_NAME = ".gpudiffuse.lock"
+LOG_NAME = "gpudiffuse.log"
 
 
 def _alive(pid: int) -> bool:
@@ -33,10 +36,13 @@ def _alive(pid: int) -> bool:
 
 
 class OutputFolder:
-    def __init__(self, path: str):
+    def __init__(self, path: str, log: bool = False):
         self.path = path
         self.lock = os.path.join(path, LOCK_NAME)
         self.created = False
+        self.log = os.path.join(path, LOG_NAME) if log else None
+        self.handler = None
+        self.log_created = False
 
     def __enter__(self):
         self.created = not os.path.exists(self.path)
@@ -58,9 +64,27 @@ class OutputFolder:
             handle.write(str(os.getpid()))
         for stale in glob.glob(os.path.join(self.path, ".tmp-*.nxs")):  # a killed run's unfinished files
             os.remove(stale)
+        if self.log:
+            self.log_created = not os.path.exists(self.log)
+            self.handler = logging.FileHandler(self.log, mode="a", encoding="utf-8")
+            self.handler.setLevel(logging.INFO)
+            self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            root = logging.getLogger()
+            root.addHandler(self.handler)
+            if root.level > logging.INFO or root.level == logging.NOTSET:
+                self.root_level = root.level
+                root.setLevel(logging.INFO)  # the file gets INFO; the terminal handler keeps its own level
         return self
 
     def __exit__(self, exc_type, exc, tb):
+        if self.handler is not None:
+            root = logging.getLogger()
+            root.removeHandler(self.handler)
+            self.handler.close()
+            if hasattr(self, "root_level"):
+                root.setLevel(self.root_level)
+            if exc_type is not None and not issubclass(exc_type, KeyboardInterrupt) and self.log_created:
+                os.remove(self.log)  # bad input leaves nothing behind; the error was printed
         if os.path.exists(self.lock):
             os.remove(self.lock)
         if exc_type is not None and not issubclass(exc_type, KeyboardInterrupt):
