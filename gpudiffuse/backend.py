@@ -85,14 +85,14 @@ def resolve_device(device: str = "auto") -> Backend:
     if device not in DEVICE_CHOICES:
         raise DeviceError(f"unknown device {device!r}; choose one of {', '.join(DEVICE_CHOICES)}")
     if device == "cpu":
-        return Backend("cpu", np, "requested --device cpu", "CPU (NumPy)")
+        return Backend("cpu", np, "requested --device cpu", "CPU")
     cupy, info = _probe_cupy()
     if cupy is not None:
         return Backend("gpu", cupy, f"requested --device {device}; GPU available", info)
     if device == "gpu":
         raise DeviceError(f"--device gpu was requested but {info}; use --device cpu or auto")
-    logger.warning("no usable GPU (%s): falling back to the CPU (NumPy)", info)
-    return Backend("cpu", np, f"--device auto fell back to the CPU: {info}", "CPU (NumPy)")
+    logger.warning("no usable GPU (%s): falling back to the CPU", info)
+    return Backend("cpu", np, f"--device auto fell back to the CPU: {info}", "CPU")
 
 
 def kernel_dir() -> Path:
