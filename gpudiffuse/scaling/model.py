@@ -294,25 +294,29 @@ def radial_operator(design: Design) -> sp.csr_matrix:
     """
     ns, nzc = design.shape_c[1], design.shape_c[2]
     n = len(design.ia)
-    s_node = (design.ic // nzc) % ns                     # |s| node of each of c's interpolation terms
-    # hat_s[i, k]: weight of |s| node k for observation i (c's hat functions summed over frame nodes)
-    hat_s = np.bincount((np.arange(n)[:, None] * ns + s_node).ravel(), weights=design.wc.ravel(),
-                        minlength=n * ns).reshape(n, ns)
-    # Σ_i hat_s[i, k] · wa[i, j] at every node j of a: one bincount over (|s| node, a node) per
-    # column of c's interpolation, columns with the same |s| node (different frame nodes) merged
-    node_sums = np.zeros(ns * design.n_a)
-    columns = list(range(design.ic.shape[1]))
-    while columns:
-        col = columns.pop(0)
-        same = [c for c in columns if np.array_equal(s_node[:, c], s_node[:, col])]
-        columns = [c for c in columns if c not in same]
-        weight = design.wc[:, [col, *same]].sum(axis=1)
-        node_sums += np.bincount((s_node[:, col:col + 1] * design.n_a + design.ia).ravel(),
-                                 weights=(design.wa * weight[:, None]).ravel(), minlength=ns * design.n_a)
-    node_sums = node_sums.reshape(ns, design.n_a)
-    bin_mean = node_sums / np.maximum(hat_s.sum(axis=0), 1e-300)[:, None]
-    overall = np.bincount(design.ia.ravel(), weights=design.wa.ravel(), minlength=design.n_a) / n
-    return sp.csr_matrix(bin_mean - overall[None, :])
+    node_sums = np.zeros(ns * design.n_a)   # Σ_i hat_s[i, k] · wa[i, j] at (|s| node k, a node j)
+    bin_totals = np.zeros(ns)               # Σ_i hat_s[i, k]
+    overall = np.zeros(design.n_a)
+    for rows in row_blocks(n):  # blocks of rows keep the temporaries small for 10⁷ observations
+        ic, wc, ia, wa = design.ic[rows], design.wc[rows], design.ia[rows], design.wa[rows]
+        s_node = (ic // nzc) % ns             # |s| node of each of c's interpolation terms
+        bin_totals += np.bincount(s_node.ravel(), weights=wc.ravel(), minlength=ns)
+        overall += np.bincount(ia.ravel(), weights=wa.ravel(), minlength=design.n_a)
+        columns = list(range(ic.shape[1]))
+        while columns:  # columns with the same |s| node (different frame nodes) summed first
+            col = columns.pop(0)
+            same = [c for c in columns if np.array_equal(s_node[:, c], s_node[:, col])]
+            columns = [c for c in columns if c not in same]
+            weight = wc[:, [col, *same]].sum(axis=1)
+            node_sums += np.bincount((s_node[:, col:col + 1] * design.n_a + ia).ravel(),
+                                     weights=(wa * weight[:, None]).ravel(), minlength=ns * design.n_a)
+    bin_mean = node_sums.reshape(ns, design.n_a) / np.maximum(bin_totals, 1e-300)[:, None]
+    return sp.csr_matrix(bin_mean - overall[None, :] / n)
+
+
+def row_blocks(n: int, size: int = 1 << 20):
+    """Slices of at most ``size`` rows covering range(n)."""
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
 
 def penalty_operators(design: Design) -> dict:
