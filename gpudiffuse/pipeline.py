@@ -467,11 +467,23 @@ def _integrate(experiment, search, dmin, params, backend, progress):
     scale = isotropic_frame_scale(profiles) if params.scale == "isotropic" else None
     volume = crystal.reciprocal_volume
     ndiv = params.integration.ndiv
-    obs = observation_table(result.diffuse.rows(), volume, ndiv, scale, params.min_pixels, params.min_counts)
-    exc = observation_table(result.excluded.rows(), volume, ndiv, scale, 1, 0)
+    metric = crystal.A.T @ crystal.A
+    obs = _within_resolution(observation_table(result.diffuse.rows(), volume, ndiv, scale, params.min_pixels,
+                                               params.min_counts), metric, ndiv, dmin)
+    exc = _within_resolution(observation_table(result.excluded.rows(), volume, ndiv, scale, 1, 0), metric, ndiv, dmin)
     if not obs:
         raise GridError("no observation survived: every pixel is masked or outside the resolution limit")
     return {"observations": obs, "excluded": exc, "frame_scale": scale or {}, "zingers": zingers}
+
+
+def _within_resolution(table: dict, metric: np.ndarray, ndiv, dmin: float) -> dict:
+    """Rows whose voxel centre lies inside the resolution limit: --dmin is a hard limit on the
+    map (pixels inside it reach voxels whose centres lie up to half a voxel beyond)."""
+    if not table:
+        return table
+    hkl = np.column_stack([table["H"], table["K"], table["L"]]) / np.asarray(ndiv, dtype=np.float64)
+    keep = np.einsum("ij,jk,ik->i", hkl, metric, hkl) <= (1.0 / dmin) ** 2 * (1 + 1e-9)
+    return {k: v[keep] for k, v in table.items()}
 
 
 def _write_peaks(path, search, parameters, backend):

@@ -250,3 +250,21 @@ def test_quiet_terminal_and_a_whole_log_file(tiny_dataset, tmp_path, capsys):
     log = (out / "gpudiffuse.log").read_text()
     assert "INFO gpudiffuse.pipeline: step integrate:" in log and "\r" not in log
     assert not (out / ".gpudiffuse.lock").exists()
+
+
+def test_dmin_is_a_hard_limit_on_the_voxel_centres(tiny_dataset, tmp_path, capsys):
+    import h5py
+
+    from gpudiffuse.experiment import read_experiment
+
+    out = tmp_path / "out"
+    assert run(capsys, "--xds", str(tiny_dataset), "-o", str(out), "--device", "cpu", "--scale", "none",
+               "--dmin", "2.2")[0] == 0
+    crystal = read_experiment(str(out / "experiment.nxs")).sweeps[0].crystal
+    with h5py.File(out / "merged.nxs") as f:
+        hkl = np.column_stack([f["entry/merged"][k][()] for k in "hkl"])
+        d_min_shells = f["entry/statistics/d_min"][()]
+    s2 = np.einsum("ij,jk,ik->i", hkl, crystal.A.T @ crystal.A, hkl)
+    d = 1 / np.sqrt(s2[s2 > 0])
+    assert d.min() >= 2.2 * (1 - 1e-9) and d.min() < 2.3
+    assert d_min_shells.min() >= 2.2 * (1 - 1e-6)
