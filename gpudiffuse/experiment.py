@@ -83,7 +83,14 @@ def load_geometry(params: ImportParameters) -> list[Sweep]:
                       if os.path.isfile(os.path.join(params.xds, n))), params.xds)
         sweeps = _named(load_xds, params.xds, xparm)
     else:
+        seen = {}
+        for path in params.expt:
+            if os.path.abspath(path) in seen:
+                raise GeometryError(f"{path} is given twice (also as {seen[os.path.abspath(path)]}): its frames "
+                                    f"would be counted twice")
+            seen[os.path.abspath(path)] = path
         sweeps = [s for path in params.expt for s in _named(load_dials, path, path)]
+    _no_shared_frames(sweeps)
     sweeps = [s.with_batch(i) for i, s in enumerate(sweeps)]
     groups = {s.crystal.space_group.laue_str() for s in sweeps}
     if len(groups) > 1:
@@ -100,6 +107,19 @@ def _named(loader, argument, source):
         if str(argument) in str(exc) or str(source) in str(exc):
             raise
         raise GeometryError(f"{source}: {exc}") from exc
+
+
+def _no_shared_frames(sweeps) -> None:
+    """The same image (file and frame) in two sweeps would be counted twice."""
+    owner = {}
+    for sweep in sweeps:
+        indices = sweep.image_indices or (None,) * len(sweep.images)
+        for image, index in zip(sweep.images, indices):
+            key = (os.path.abspath(image), index)
+            if key in owner and owner[key] is not sweep:
+                raise GeometryError(f"{image} appears in two sweeps ({owner[key].source or 'sweep'} and "
+                                    f"{sweep.source or 'sweep'}): its counts would be used twice")
+            owner[key] = sweep
 
 
 CELL_TOLERANCE = (0.02, 2.0)  # relative length, degrees

@@ -154,3 +154,11 @@ def test_a_frame_without_exposure_time_is_named_not_given_one_second(tiny_copy, 
                     "no Exposure_time in the header, while the other frames have one")
     frame.write_bytes(raw[:start] + b"# Exposure_time -0.2 s\r\n" + raw[end:])
     _expect_failure(capsys, tmp_path, ["--xds", str(tiny_copy)], str(frame), "Exposure_time -0.2 s in the header")
+
+
+def test_duplicate_inputs_are_refused(snase_dir, tmp_path, capsys):
+    first = sorted((snase_dir / "experiments").glob("experiments_for_lunus_*.json"))[0]
+    _expect_failure(capsys, tmp_path, ["--expt", str(first), str(first)], f"{first} is given twice")
+    copy = tmp_path / "copy.json"  # another file naming the same image
+    copy.write_text(first.read_text().replace('"../images/', f'"{snase_dir / "images"}/'))
+    _expect_failure(capsys, tmp_path, ["--expt", str(first), str(copy)], "snc_newhead_00001.img appears in two sweeps")
