@@ -42,3 +42,7 @@ class OutputExistsError(GpudiffuseError):
 
 class DeviceError(GpudiffuseError):
     """The requested compute device is not available."""
+
+
+class OutputError(GpudiffuseError):
+    """An output file could not be written (full disk, permissions, …)."""

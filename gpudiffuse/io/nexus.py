@@ -27,16 +27,17 @@ WRITTEN: list[str] = []  # every file atomic_nexus finished in this process (for
 @contextlib.contextmanager
 def atomic_nexus(path: str, overwrite: bool = False):
     """Context manager yielding an open ``h5py.File`` that appears at ``path`` on success only."""
-    from ..errors import OutputExistsError  # noqa: PLC0415
+    from ..errors import OutputError, OutputExistsError  # noqa: PLC0415
 
     path = str(path)
     if os.path.exists(path) and not overwrite:
         raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it")
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".nxs", dir=folder)
-    os.close(fd)
+    tmp = None
     try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".nxs", dir=folder)
+        os.close(fd)
         with h5py.File(tmp, "w") as handle:
             handle.attrs["NX_class"] = "NXroot"
             handle.attrs["creator"] = f"gpudiffuse {__version__}"
@@ -45,8 +46,10 @@ def atomic_nexus(path: str, overwrite: bool = False):
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are as readable as any file the user writes
         os.replace(tmp, path)
         WRITTEN.append(os.path.abspath(path))
+    except OSError as exc:  # a full disk, a folder that became read-only, …: one line naming the file
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
 
 

@@ -32,3 +32,21 @@ def test_a_failed_write_leaves_nothing_and_an_existing_file_is_kept(tmp_path):
         with atomic_nexus(path):
             pass
     assert path.read_bytes() == b"user data" and os.listdir(tmp_path) == ["b.nxs"]
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    import errno
+
+    import h5py
+
+    from gpudiffuse.errors import OutputError
+
+    class FullDisk:
+        def __init__(self, *args, **kwargs):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(h5py, "File", FullDisk)
+    with pytest.raises(OutputError, match=f"cannot write {tmp_path / 'c.nxs'}: No space left on device"):
+        with atomic_nexus(tmp_path / "c.nxs"):
+            pass
+    assert os.listdir(tmp_path) == []
