@@ -13,9 +13,9 @@ import os
 import numpy as np
 
 from .gauss_newton import Solver, VoxelOrder, normal_matrix
-from .model import ASurface, BScale, COffset, Design, DRegions, ScaleParams, effective
-from .residuals import (observation_partials, observation_residuals, reduced_basis, residuals, scaling_data,
-                        stacked_penalty)
+from .model import Design, ScaleParams, effective
+from .residuals import (observation_partials, observation_residuals, penalty_residuals, reduced_basis, residuals,
+                        scaling_data, split_values, stacked_penalty)
 
 __all__ = ["JointProblem", "enable_compilation_cache", "jax_device"]
 
@@ -59,8 +59,8 @@ def _compiled():
             return 0.5 * (jnp.sum(r_data * r_data) + jnp.sum(r_penalty * r_penalty))
 
         def evaluate(theta, data):
-            r, _ = observation_residuals(theta, data)
-            r_data, r_penalty = residuals(theta, data)
+            r, v = observation_residuals(theta, data)
+            r_data, r_penalty = data.sqrt_weight * r, penalty_residuals(v, data)
             return jnp.sum(r_data * r_data), jnp.sum(r_penalty * r_penalty), r
 
         _COMPILED["value_and_grad"] = jax.jit(jax.value_and_grad(half_loss))
@@ -114,28 +114,26 @@ class JointProblem:
         return self.basis.theta(values)
 
     def params_of(self, theta) -> ScaleParams:
-        d = self.design
-        v = self.basis.values(theta)
-        edges = np.cumsum([0, d.n_b, d.n_c, d.n_a, d.n_regions])
-        b, c, a, r = (v[edges[i]:edges[i + 1]] for i in range(4))
-        return ScaleParams(BScale(b), COffset(c), ASurface(a), DRegions(r))
+        return split_values(self.basis.values(theta), self.design)
 
-    def fit(self, theta, weight, max_iterations, report):
+    def _weighted(self, weight):
+        """The problem's data with the observation weights ``weight`` (1/σ², 0 for rejected rows)."""
         import jax  # noqa: PLC0415
         import jax.numpy as jnp  # noqa: PLC0415
 
         with jax.enable_x64(True):
-            self.data = dataclasses.replace(self.data, sqrt_weight=jnp.asarray(np.sqrt(weight)))
+            return dataclasses.replace(self.data, sqrt_weight=jnp.asarray(np.sqrt(weight)))
+
+    def fit(self, theta, weight, max_iterations, report):
+        self.data = self._weighted(weight)
         return self.solver.run(theta, max_iterations, report)
 
     def evaluate(self, theta, weight):
         """(data χ², penalty, unweighted residuals (N,)) at θ with Î merged under ``weight``."""
         import jax  # noqa: PLC0415
-        import jax.numpy as jnp  # noqa: PLC0415
 
         with jax.enable_x64(True):
-            data = dataclasses.replace(self.data, sqrt_weight=jnp.asarray(np.sqrt(weight)))
-            chi2, penalty, r = _compiled()["evaluate"](np.asarray(theta, np.float64), data)
+            chi2, penalty, r = _compiled()["evaluate"](np.asarray(theta, np.float64), self._weighted(weight))
             return float(chi2), float(penalty), np.asarray(r)
 
     def uncertainties(self, theta, variance_scale: float) -> ScaleParams:
@@ -143,8 +141,4 @@ class JointProblem:
         covariance = self.solver.covariance(theta, variance_scale)
         t = self.basis.matrix
         variance = np.asarray(t.multiply(t @ covariance).sum(axis=1)).ravel() if t.shape[1] else np.zeros(t.shape[0])
-        d = self.design
-        sigma = np.sqrt(np.maximum(variance, 0.0))
-        edges = np.cumsum([0, d.n_b, d.n_c, d.n_a, d.n_regions])
-        b, c, a, r = (sigma[edges[i]:edges[i + 1]] for i in range(4))
-        return ScaleParams(BScale(b), COffset(c), ASurface(a), DRegions(r))
+        return split_values(np.sqrt(np.maximum(variance, 0.0)), self.design)

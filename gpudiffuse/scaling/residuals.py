@@ -27,10 +27,10 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from .model import Design, penalty_operators
+from .model import ASurface, BScale, COffset, Design, DRegions, ScaleParams, penalty_operators
 
 __all__ = ["Basis", "reduced_basis", "ScalingData", "scaling_data", "residuals", "observation_residuals",
-           "model_values", "observation_partials", "stacked_penalty"]
+           "penalty_residuals", "model_values", "observation_partials", "stacked_penalty", "split_values"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,12 @@ class Basis:
 def _component_slices(design: Design) -> dict:
     edges = np.cumsum([0, design.n_b, design.n_c, design.n_a, design.n_regions])
     return {k: slice(int(edges[i]), int(edges[i + 1])) for i, k in enumerate("bcad")}
+
+
+def split_values(v, design: Design) -> ScaleParams:
+    """The concatenated model values (b, c, a, d) as ScaleParams."""
+    sl = _component_slices(design)
+    return ScaleParams(BScale(v[sl["b"]]), COffset(v[sl["c"]]), ASurface(v[sl["a"]]), DRegions(v[sl["d"]]))
 
 
 def _touched(index, weights, n):
@@ -260,22 +266,32 @@ def _merged(data, g, h):
     return num / jnp.where(den > 0, den, 1.0)
 
 
-def observation_residuals(theta, data: ScalingData):
-    """Unweighted I − a·d·(b·Î + c) per observation (Î merged with the current weights), and v."""
+def _profiled(theta, data: ScalingData):
+    """v, the interpolated (a, b, c, d) of every observation and its voxel's profiled Î."""
     v = model_values(theta, data)
     a, b, c, d = _per_observation(v, data)
-    merged = _merged(data, a * d * b, a * d * c)
-    return data.intensity - _prediction(a, b, c, d, merged[data.group]), v
+    merged = _merged(data, a * d * b, a * d * c)[data.group]
+    return v, (a, b, c, d, merged)
+
+
+def penalty_residuals(v, data: ScalingData):
+    """Q v − t: every penalty residual of the model values v."""
+    import jax  # noqa: PLC0415
+
+    return jax.ops.segment_sum(data.penalty_value * v[data.penalty_col], data.penalty_row,
+                               num_segments=data.penalty_target.shape[0]) - data.penalty_target
+
+
+def observation_residuals(theta, data: ScalingData):
+    """Unweighted I − a·d·(b·Î + c) per observation (Î merged with the current weights), and v."""
+    v, per_observation = _profiled(theta, data)
+    return data.intensity - _prediction(*per_observation), v
 
 
 def residuals(theta, data: ScalingData):
     """(data residuals (N,), penalty residuals): r = √w (I − a·d·(b·Î + c)) and Q v − t."""
-    import jax  # noqa: PLC0415
-
     r, v = observation_residuals(theta, data)
-    r_penalty = jax.ops.segment_sum(data.penalty_value * v[data.penalty_col], data.penalty_row,
-                                    num_segments=data.penalty_target.shape[0]) - data.penalty_target
-    return data.sqrt_weight * r, r_penalty
+    return data.sqrt_weight * r, penalty_residuals(v, data)
 
 
 def observation_partials(theta, data: ScalingData):
@@ -285,10 +301,7 @@ def observation_partials(theta, data: ScalingData):
     import jax  # noqa: PLC0415
     import jax.numpy as jnp  # noqa: PLC0415
 
-    v = model_values(theta, data)
-    a, b, c, d = _per_observation(v, data)
-    merged = _merged(data, a * d * b, a * d * c)[data.group]
-    primals = (a, b, c, d, merged)
+    _, primals = _profiled(theta, data)
     rows = []
     for k in range(5):
         tangents = tuple(jnp.ones_like(x) if i == k else jnp.zeros_like(x) for i, x in enumerate(primals))
