@@ -98,6 +98,12 @@ def map_to_asu(voxels: np.ndarray, space_group, ndiv) -> tuple[np.ndarray, np.nd
     return out, which
 
 
+def voxel_s(voxels: np.ndarray, ndiv, A_metric: np.ndarray) -> np.ndarray:
+    """|s| (1/Å) of the centres of integer voxels (N, 3) on a grid of ``ndiv`` per Miller index."""
+    frac = np.asarray(voxels) / np.asarray(ndiv, dtype=np.float64)
+    return np.sqrt(np.einsum("ni,ij,nj->n", frac, A_metric, frac))
+
+
 def _pack(v):
     v = np.asarray(v, dtype=np.int64) + (1 << 20)
     return (v[:, 0] << 42) | (v[:, 1] << 21) | v[:, 2]
@@ -158,7 +164,7 @@ def merge(table: dict, space_group, ndiv, A_metric: np.ndarray, params: MergePar
     first[group[::-1]] = np.arange(len(group))[::-1]
     asu_voxels = asu[first]
     frac = asu_voxels / np.asarray(ndiv, dtype=np.float64)
-    s = np.sqrt(np.einsum("ni,ij,nj->n", frac, A_metric, frac))
+    s = voxel_s(asu_voxels, ndiv, A_metric)
     present = n > 0
     merged = {"H": asu_voxels[present, 0], "K": asu_voxels[present, 1], "L": asu_voxels[present, 2],
               "h": frac[present, 0], "k": frac[present, 1], "l": frac[present, 2],
@@ -244,8 +250,7 @@ def mate_agreement(table: dict, space_group, ndiv, A_metric, n_shells: int = 10,
     """
     voxels = np.column_stack([table["H"], table["K"], table["L"]])
     asu, _ = map_to_asu(voxels, space_group, ndiv)
-    frac = voxels / np.asarray(ndiv, dtype=np.float64)
-    s = np.sqrt(np.einsum("ni,ij,nj->n", frac, A_metric, frac))
+    s = voxel_s(voxels, ndiv, A_metric)
     values = np.asarray(table[value], dtype=np.float64)
     fine = np.linspace(s.min(), s.max() * (1 + 1e-9), fine_bins + 1)
     fb = np.clip(np.searchsorted(fine, s, side="right") - 1, 0, fine_bins - 1)

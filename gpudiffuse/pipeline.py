@@ -26,7 +26,7 @@ from .integration.blocks import Execution
 from .io.fingerprint import input_fingerprint
 from .io.nexus import atomic_nexus, normalised_parameters, read_parameters, step_is_complete, write_provenance
 from .masking.peaks import PeakModel, PeakParameters, ThresholdProfile, absent_table, find_peaks
-from .merge import MergeParameters, check_grid_symmetry, expand_to_grid, merge
+from .merge import MergeParameters, check_grid_symmetry, expand_to_grid, merge, voxel_s
 from .scaling.fit import apply_scales
 from .observations import isotropic_frame_scale, observation_table
 from .scaling import ScaleOptions
@@ -481,8 +481,8 @@ def _within_resolution(table: dict, metric: np.ndarray, ndiv, dmin: float) -> di
     map (pixels inside it reach voxels whose centres lie up to half a voxel beyond)."""
     if not table:
         return table
-    hkl = np.column_stack([table["H"], table["K"], table["L"]]) / np.asarray(ndiv, dtype=np.float64)
-    keep = np.einsum("ij,jk,ik->i", hkl, metric, hkl) <= (1.0 / dmin) ** 2 * (1 + 1e-9)
+    s = voxel_s(np.column_stack([table["H"], table["K"], table["L"]]), ndiv, metric)
+    keep = s <= (1.0 / dmin) * (1 + 5e-10)
     return {k: v[keep] for k, v in table.items()}
 
 
