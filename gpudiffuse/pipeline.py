@@ -24,7 +24,7 @@ from .integration import IntegrationParameters
 from .integration.pixels import frame_list
 from .integration.blocks import Execution
 from .io.fingerprint import input_fingerprint
-from .io.nexus import atomic_nexus, normalised_parameters, read_parameters, step_is_complete, write_provenance
+from .io.nexus import atomic_nexus, normalised_parameters, read_parameters, write_provenance
 from .masking.peaks import PeakModel, PeakParameters, ThresholdProfile, absent_table, find_peaks
 from .merge import MergeParameters, check_grid_symmetry, expand_to_grid, merge, voxel_s
 from .scaling.fit import apply_scales
@@ -162,11 +162,11 @@ def _should_run(path, parameters, overwrite) -> bool:
     and the refusal names them."""
     if not os.path.exists(path):
         return True
-    if step_is_complete(path, parameters):
+    stored, wanted = read_parameters(path), normalised_parameters(parameters)
+    if stored == wanted:
         logger.info("%s is up to date: skipping this step", path)
         return False
-    stored = read_parameters(path) or {}
-    changed = _differences(stored, normalised_parameters(parameters))
+    changed = _differences(stored or {}, wanted)
     if changed and all(name.startswith("inputs") for name in changed):
         logger.info("%s: the input files changed since it was written (%s): running the step again", path,
                     ", ".join(_input_names(changed)))

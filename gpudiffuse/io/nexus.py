@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import __version__
 
-__all__ = ["atomic_nexus", "write_provenance", "read_parameters", "step_is_complete"]
+__all__ = ["atomic_nexus", "write_provenance", "read_parameters", "normalised_parameters"]
 
 
 WRITTEN: list[str] = []  # every file atomic_nexus finished in this process (for OutputFolder's clean-up)
@@ -92,7 +92,3 @@ def normalised_parameters(parameters: dict) -> dict:
     return json.loads(json.dumps(parameters, sort_keys=True, default=_json_default))
 
 
-def step_is_complete(path: str, parameters: dict) -> bool:
-    """True if ``path`` exists and was written with the same parameters (resume)."""
-    stored = read_parameters(path)
-    return stored is not None and stored == normalised_parameters(parameters)
