@@ -17,7 +17,7 @@ from .geometry.dials import load_dials
 from .geometry.model import Sweep
 from .geometry.serialize import read_sweeps, write_sweep_group
 from .geometry.vectors import edge_resolution
-from .geometry.xds import load_xds
+from .geometry.xds import find_xparm, load_xds
 from .io.images import is_hdf5, read_image
 from .io.nxmx import flag_value, open_master
 from .io.nexus import atomic_nexus, write_provenance
@@ -79,9 +79,7 @@ class Experiment:
 def load_geometry(params: ImportParameters) -> list[Sweep]:
     """Sweeps from the geometry source, with batch ids 0, 1, … in order."""
     if params.xds:
-        xparm = next((os.path.join(params.xds, n) for n in ("GXPARM.XDS", "XPARM.XDS")
-                      if os.path.isfile(os.path.join(params.xds, n))), params.xds)
-        sweeps = _named(load_xds, params.xds, xparm)
+        sweeps = _named(load_xds, params.xds, find_xparm(params.xds) or params.xds)
     else:
         seen = {}
         for path in params.expt:

@@ -37,7 +37,7 @@ from ..errors import GeometryError, ImageError
 from ..io.images import expand_template
 from .model import Beam, Crystal, Goniometer, Panel, Scan, Sweep
 
-__all__ = ["parse_xds_inp", "parse_xparm", "parse_integrate_lp", "load_xds"]
+__all__ = ["parse_xds_inp", "parse_xparm", "parse_integrate_lp", "find_xparm", "load_xds"]
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +167,15 @@ def _panel(orgx, orgy, distance, ed1, ed2, ed3, qx, qy, nx, ny, thickness, mater
                  thickness=thickness, material=material, trusted_range=trusted, name="XDS detector")
 
 
+def find_xparm(directory: str) -> str | None:
+    """XDS's refined geometry in ``directory``: GXPARM.XDS, else XPARM.XDS, else None."""
+    for name in ("GXPARM.XDS", "XPARM.XDS"):
+        candidate = os.path.join(directory, name)
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
 def load_xds(directory: str, xparm: str | None = None) -> list[Sweep]:
     """Load an XDS processing directory into sweeps (one, or one per INTEGRATE.LP batch).
 
@@ -187,11 +196,7 @@ def load_xds(directory: str, xparm: str | None = None) -> list[Sweep]:
     src = inp_path
 
     if xparm is None:
-        for name in ("GXPARM.XDS", "XPARM.XDS"):
-            candidate = os.path.join(directory, name)
-            if os.path.isfile(candidate):
-                xparm = candidate
-                break
+        xparm = find_xparm(directory)
     template = keywords.get("NAME_TEMPLATE_OF_DATA_FRAMES")
     if not template:
         raise GeometryError(f"{src}: keyword NAME_TEMPLATE_OF_DATA_FRAMES= is missing")
