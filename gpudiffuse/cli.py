@@ -223,7 +223,6 @@ def _run_process(args):
     from .pipeline import format_statistics, process  # noqa: PLC0415
 
     params = _process_parameters(args)
-    _check_output_folder(args.out)
     with OutputFolder(args.out, log=True):
         result = process(params, args.out, overwrite=args.overwrite, progress=not args.no_progress)
     _report(result, format_statistics)
@@ -317,27 +316,11 @@ def _run_import(args):
     from .experiment import import_experiment, summarise  # noqa: PLC0415
 
     params = _import_parameters(args)
-    _check_output_folder(args.out)
     out_path = os.path.join(args.out, "experiment.nxs")
     with OutputFolder(args.out, log=True):
         experiment = import_experiment(params, out_path, overwrite=args.overwrite)
     print(summarise(experiment))
     print(f"written {out_path}")
-
-
-def _check_output_folder(folder):
-    """-o must name a folder that exists or can be made, in a place this user may write."""
-    if not folder:
-        raise GpudiffuseError("-o is empty: name an output folder")
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        raise GpudiffuseError(f"-o {folder}: exists and is not a folder")
-    ancestor = os.path.abspath(folder)
-    while not os.path.exists(ancestor):
-        ancestor = os.path.dirname(ancestor)
-    if not os.path.isdir(ancestor):
-        raise GpudiffuseError(f"-o {folder}: {ancestor} is not a folder")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise GpudiffuseError(f"-o {folder}: no permission to write in {ancestor}")
 
 
 COMMANDS = {"simulate": _run_simulate, "import": _run_import, "process": _run_process, "scale": _run_scale,

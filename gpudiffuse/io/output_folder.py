@@ -44,7 +44,23 @@ class OutputFolder:
         self.handler = None
         self.log_created = False
 
+    def _check(self):
+        """The folder must exist or be makeable, in a place this user may write (one line if not)."""
+        folder = self.path
+        if not folder:
+            raise GpudiffuseError("-o is empty: name an output folder")
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise GpudiffuseError(f"-o {folder}: exists and is not a folder")
+        ancestor = os.path.abspath(folder)
+        while not os.path.exists(ancestor):
+            ancestor = os.path.dirname(ancestor)
+        if not os.path.isdir(ancestor):
+            raise GpudiffuseError(f"-o {folder}: {ancestor} is not a folder")
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            raise GpudiffuseError(f"-o {folder}: no permission to write in {ancestor}")
+
     def __enter__(self):
+        self._check()
         self.created = not os.path.exists(self.path)
         self.first_written = len(WRITTEN)
         os.makedirs(self.path, exist_ok=True)
