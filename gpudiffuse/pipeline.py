@@ -10,13 +10,13 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import h5py
 import numpy as np
 
 from .backend import resolve_device
-from .errors import DeviceError, GpudiffuseError, GridError, OutputExistsError
+from .errors import DeviceError, GpudiffuseError, GridError
 from .experiment import Experiment, ImportParameters, import_experiment, read_experiment, summarise, write_experiment
 from .geometry.vectors import edge_resolution
 from .grid import VoxelGrid
@@ -24,19 +24,17 @@ from .integration import IntegrationParameters
 from .integration.pixels import frame_list
 from .integration.blocks import Execution
 from .io.fingerprint import input_fingerprint
-from .io.nexus import atomic_nexus, normalised_parameters, read_parameters, write_provenance
+from .io.nexus import atomic_nexus, read_parameters, write_provenance
 from .masking.peaks import PeakModel, PeakParameters, ThresholdProfile, absent_table, find_peaks
 from .merge import MergeParameters, check_grid_symmetry, expand_to_grid, merge, voxel_s
 from .scaling.fit import apply_scales
 from .observations import isotropic_frame_scale, observation_table
 from .scaling import ScaleOptions
+from .step_cache import should_run, step_key
 
 __all__ = ["ProcessParameters", "process", "resolve_dmin", "format_statistics"]
 
 logger = logging.getLogger(__name__)
-
-STEPS = ("experiment", "peaks", "integrate", "merged", "map")
-
 
 @dataclass(frozen=True)
 class ProcessParameters:
@@ -119,70 +117,6 @@ def _step_path(out, step):
     return os.path.join(out, f"{step}.nxs")
 
 
-STEPS = ("experiment", "peaks", "integrate", "scale", "merged", "map")
-
-
-def _params_dict(params: ProcessParameters, upto: str, inputs: dict | None = None) -> dict:
-    """The cache key of step ``upto``: the parameters of it and of every step before it (a step's
-    result depends on all of them) and the fingerprint of the input files."""
-    level = STEPS.index(upto)
-    geometry = asdict(params.geometry)  # paths made absolute: the same files spelled otherwise are the same run
-    geometry["xds"] = os.path.abspath(geometry["xds"]) if geometry["xds"] else None
-    geometry["expt"] = [os.path.abspath(p) for p in geometry["expt"]]
-    d = {"geometry": geometry, "inputs": inputs}
-    if level >= STEPS.index("peaks"):
-        d["peaks"] = asdict(params.peaks)
-        d["bragg_mask"] = params.bragg_mask
-        d["dmin"] = params.integration.dmin
-    if level >= STEPS.index("integrate"):
-        d["integration"] = asdict(params.integration)
-        d["background"] = os.path.abspath(params.background) if params.background else None
-        d["scale"] = params.scale
-        d["min_pixels"], d["min_counts"] = params.min_pixels, params.min_counts
-    if level >= STEPS.index("scale"):
-        d["scaling"] = asdict(params.scaling) if params.scale == "model" else None
-    if level >= STEPS.index("merged"):
-        d["merging"] = asdict(params.merging)
-    return d
-
-
-def _differences(stored, wanted, prefix="") -> list[str]:
-    """Dotted names of the entries in which two parameter dicts differ."""
-    if not isinstance(stored, dict) or not isinstance(wanted, dict):
-        return [prefix or "parameters"] if stored != wanted else []
-    out = []
-    for key in sorted(set(stored) | set(wanted), key=str):
-        out += _differences(stored.get(key), wanted.get(key), f"{prefix}.{key}" if prefix else str(key))
-    return out
-
-
-def _should_run(path, parameters, overwrite) -> bool:
-    """Whether to (re)run the step that writes ``path``. Changed inputs run it again (the file is
-    this program's own, made from inputs that no longer exist); changed parameters need --overwrite,
-    and the refusal names them."""
-    if not os.path.exists(path):
-        return True
-    stored, wanted = read_parameters(path), normalised_parameters(parameters)
-    if stored == wanted:
-        logger.info("%s is up to date: skipping this step", path)
-        return False
-    changed = _differences(stored or {}, wanted)
-    if changed and all(name.startswith("inputs") for name in changed):
-        logger.info("%s: the input files changed since it was written (%s): running the step again", path,
-                    ", ".join(_input_names(changed)))
-        return True
-    if overwrite:
-        return True
-    raise OutputExistsError(f"{path} exists and was made with other parameters ({', '.join(changed[:6])}"
-                            f"{', …' if len(changed) > 6 else ''}); pass --overwrite to replace it")
-
-
-def _input_names(changed):
-    names = [c.split("inputs.geometry.", 1)[1] if c.startswith("inputs.geometry.") else
-             "image files" if c == "inputs.frames" else c for c in changed]
-    return names if names != ["inputs"] else ["no fingerprint stored"]
-
-
 def _previous_experiment(path):
     try:
         return read_experiment(path) if os.path.exists(path) else None
@@ -202,10 +136,10 @@ def process(params: ProcessParameters, out: str, overwrite: bool = False, progre
     path = _step_path(out, "experiment")
     previous = _previous_experiment(path)
     inputs = None if previous is None else input_fingerprint(params.geometry, previous)
-    if _should_run(path, _params_dict(params, "experiment", inputs), overwrite):
+    if should_run(path, step_key(params, "experiment", inputs), overwrite):
         experiment = import_experiment(params.geometry)
         inputs = input_fingerprint(params.geometry, experiment)
-        write_experiment(experiment, path, _params_dict(params, "experiment", inputs), overwrite=True)
+        write_experiment(experiment, path, step_key(params, "experiment", inputs), overwrite=True)
     else:
         experiment = previous
     space_group = experiment.space_group
@@ -219,10 +153,10 @@ def process(params: ProcessParameters, out: str, overwrite: bool = False, progre
     clock.step("peaks")
     # 2. peak search (pass 1)
     path = _step_path(out, "peaks")
-    p = _params_dict(params, "peaks", inputs)
+    p = step_key(params, "peaks", inputs)
     if not params.bragg_mask:
         search = None
-    elif _should_run(path, p, overwrite):
+    elif should_run(path, p, overwrite):
         search = find_peaks(experiment, params.peaks, dmin, progress)
         _write_peaks(path, search, p, backend)
     else:
@@ -231,8 +165,8 @@ def process(params: ProcessParameters, out: str, overwrite: bool = False, progre
     clock.step("integrate")
     # 3. integration (pass 2)
     path = _step_path(out, "integrate")
-    p = _params_dict(params, "integrate", inputs)
-    if _should_run(path, p, overwrite):
+    p = step_key(params, "integrate", inputs)
+    if should_run(path, p, overwrite):
         tables = _integrate(experiment, search, dmin, params, backend, progress)
         _write_integrate(path, tables, p, backend)
     else:
@@ -244,8 +178,8 @@ def process(params: ProcessParameters, out: str, overwrite: bool = False, progre
     scale_fit, unscaled = None, None
     if params.scale == "model":
         path = _step_path(out, "scale")
-        p = _params_dict(params, "scale", inputs)
-        if _should_run(path, p, overwrite):
+        p = step_key(params, "scale", inputs)
+        if should_run(path, p, overwrite):
             scale_fit = fit_observations(experiment, observations, params.integration.ndiv, params.scaling, progress)
             write_scale(path, scale_fit, p, backend)
         else:
@@ -270,7 +204,7 @@ def process(params: ProcessParameters, out: str, overwrite: bool = False, progre
     if tables["excluded"]:
         bragg, _, _ = merge(tables["excluded"], space_group, params.integration.ndiv, metric, params.merging)
     path = _step_path(out, "merged")
-    p = _params_dict(params, "merged", inputs)
+    p = step_key(params, "merged", inputs)
     with atomic_nexus(path, overwrite=True) as handle:
         entry = handle.create_group("entry")
         entry.attrs["NX_class"] = "NXentry"
