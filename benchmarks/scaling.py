@@ -52,7 +52,8 @@ def _synthetic(rows):
 def _processed(folder):
     from gpudiffuse.experiment import read_experiment
     from gpudiffuse.io.nexus import read_parameters
-    from gpudiffuse.pipeline import _read_integrate, fit_observations
+    from gpudiffuse.pipeline import _read_integrate
+    from gpudiffuse.scale_step import fit_observations
     from gpudiffuse.scaling import ScaleOptions
 
     experiment = read_experiment(os.path.join(folder, "experiment.nxs"))

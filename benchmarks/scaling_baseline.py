@@ -32,7 +32,8 @@ def main(argv=None):
     from gpudiffuse.experiment import ImportParameters, read_experiment
     from gpudiffuse.integration import IntegrationParameters
     from gpudiffuse.merge import merge
-    from gpudiffuse.pipeline import ProcessParameters, _read_integrate, fit_observations, process
+    from gpudiffuse.pipeline import ProcessParameters, _read_integrate, process
+    from gpudiffuse.scale_step import fit_observations
     from gpudiffuse.scaling import ScaleOptions, apply_scales
     from gpudiffuse.simulate import compare_with_truth, load_model, simulate_dataset
 

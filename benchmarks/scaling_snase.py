@@ -33,7 +33,8 @@ def main(argv=None):
     from gpudiffuse.cli import main as cli
     from gpudiffuse.experiment import read_experiment
     from gpudiffuse.merge import merge
-    from gpudiffuse.pipeline import _read_integrate, fit_observations
+    from gpudiffuse.pipeline import _read_integrate
+    from gpudiffuse.scale_step import fit_observations
     from gpudiffuse.scaling import ScaleOptions, apply_scales
     from gpudiffuse.scaling.joint import jax_device
 

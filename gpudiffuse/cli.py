@@ -250,7 +250,8 @@ def _run_scale(args):
     from .experiment import read_experiment  # noqa: PLC0415
     from .io.nexus import read_parameters  # noqa: PLC0415
     from .merge import merge  # noqa: PLC0415
-    from .pipeline import _read_integrate, _subtract_background, fit_observations, write_scale  # noqa: PLC0415
+    from .pipeline import _read_integrate, _subtract_background  # noqa: PLC0415
+    from .scale_step import fit_observations, write_scale  # noqa: PLC0415
     from .scaling import apply_scales  # noqa: PLC0415
 
     integrate_path = os.path.join(args.out, "integrate.nxs")

@@ -82,7 +82,7 @@ def test_scaling_converges_on_the_stills(snase_run):
     """One frame per batch: the Gauss-Newton fit converges in a few iterations and the alternating
     baseline runs without a singular solve. Both run to convergence in
     benchmarks/scaling_snase.py (5 against 826 iterations; CC½ per shell within 0.0003)."""
-    from gpudiffuse.pipeline import fit_observations
+    from gpudiffuse.scale_step import fit_observations
     from gpudiffuse.scaling import ScaleOptions
 
     n, out = snase_run
