@@ -135,15 +135,15 @@ class Solver:
     Jacobian's entries are products of those values); with ``sampled`` (a matrix summed over a
     subset of voxels, whose error a new assembly does not remove) the latter only."""
 
-    def __init__(self, value_and_grad, assemble, step_tolerance=1e-8, gradient_tolerance=1e-10, value_map=None,
-                 costs=(1.0, 3.0), sampled=False):
+    def __init__(self, value_and_grad, assemble, step_tolerance=1e-8, gradient_tolerance=1e-10,
+                 value_map=lambda step: step, costs=(1.0, 3.0), sampled=False):
         self.value_and_grad = value_and_grad
         self.sampled = sampled
         self.assemble = assemble
         self.costs = costs
         self.step_tolerance = step_tolerance
         self.gradient_tolerance = gradient_tolerance
-        self.value_map = value_map  # θ step → model-value step (for the relative-step test)
+        self.value_map = value_map  # θ step → model-value step (relative-step test, distance since assembly)
         self.matrix = None
         self.matrix_theta = None
         self.assemblies = 0
@@ -154,9 +154,11 @@ class Solver:
         self.matrix_theta = np.array(theta)
         self.assemblies += 1
 
-    def _step(self, gradient, damping):
+    def _factorised(self, damping):
+        """The Cholesky factor of H + damping·diag(H) (+ a tiny floor), once per matrix and damping;
+        None when it is not positive definite."""
         key = (self.assemblies, damping)
-        if self._factor is None or self._factor[0] != key:  # factorise once per matrix and damping
+        if self._factor is None or self._factor[0] != key:
             h = self.matrix
             diag = np.diag(h).copy()
             floor = 1e-12 * max(float(np.mean(np.abs(diag))), 1e-300)  # keeps unreachable directions at rest
@@ -165,7 +167,11 @@ class Solver:
                                                              check_finite=False))
             except np.linalg.LinAlgError:
                 return None
-        return -scipy.linalg.cho_solve(self._factor[1], gradient, check_finite=False)
+        return self._factor[1]
+
+    def _step(self, gradient, damping):
+        factor = self._factorised(damping)
+        return None if factor is None else -scipy.linalg.cho_solve(factor, gradient, check_finite=False)
 
     def run(self, theta, max_iterations, report=lambda loss: None) -> GaussNewtonResult:
         theta = np.array(theta, dtype=np.float64)
@@ -197,14 +203,12 @@ class Solver:
                 damping = damping / 3 if rho > 0.75 else damping
                 if damping < 1e-9:
                     damping = 0.0
-                moved = self.value_map(step) if self.value_map is not None else step
-                scale = max(1.0, float(np.max(np.abs(self.value_map(theta)))) if self.value_map is not None else 1.0)
-                if float(np.max(np.abs(moved))) <= self.step_tolerance * scale:
+                scale = max(1.0, float(np.max(np.abs(self.value_map(theta)))))
+                if float(np.max(np.abs(self.value_map(step)))) <= self.step_tolerance * scale:
                     converged, reason = True, "step"
                     history.append(2 * value)
                     break
-                distance = (float(np.max(np.abs(self.value_map(theta - self.matrix_theta)))) / scale
-                            if self.value_map is not None else 1.0)
+                distance = float(np.max(np.abs(self.value_map(theta - self.matrix_theta)))) / scale
                 if rho < 0.5 or self._worth_refreshing(decrement, last_decrement, value, distance):
                     self._refresh(theta)
                     last_decrement = None
@@ -234,9 +238,10 @@ class Solver:
         which changes the uncertainties by far less than their own precision)."""
         if self.matrix is None:
             self._refresh(theta)
-        if self._step(np.zeros(len(self.matrix)), 0.0) is None:
+        factor = self._factorised(0.0)
+        if factor is None:
             raise np.linalg.LinAlgError("the normal matrix is not positive definite")
-        lower = self._factor[1][0]
+        lower = factor[0]
         inverse, info = scipy.linalg.lapack.dpotri(lower, lower=1)  # H⁻¹ from its Cholesky factor
         if info != 0:
             raise np.linalg.LinAlgError(f"dpotri failed ({info})")
