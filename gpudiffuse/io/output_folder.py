@@ -43,6 +43,7 @@ class OutputFolder:
         self.log = os.path.join(path, LOG_NAME) if log else None
         self.handler = None
         self.log_created = False
+        self.root_level = None  # the root logger's level, while it is lowered for the log file
 
     def _check(self):
         """The folder must exist or be makeable, in a place this user may write (one line if not)."""
@@ -87,23 +88,24 @@ class OutputFolder:
             self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
             root = logging.getLogger()
             root.addHandler(self.handler)
-            if root.level > logging.INFO or root.level == logging.NOTSET:
+            if root.level > logging.INFO:
                 self.root_level = root.level
                 root.setLevel(logging.INFO)  # the file gets INFO; the terminal handler keeps its own level
         return self
 
     def __exit__(self, exc_type, exc, tb):
+        failed = exc_type is not None and not issubclass(exc_type, KeyboardInterrupt)  # Ctrl-C keeps finished steps
         if self.handler is not None:
             root = logging.getLogger()
             root.removeHandler(self.handler)
             self.handler.close()
-            if hasattr(self, "root_level"):
+            if self.root_level is not None:
                 root.setLevel(self.root_level)
-            if exc_type is not None and not issubclass(exc_type, KeyboardInterrupt) and self.log_created:
+            if failed and self.log_created:
                 os.remove(self.log)  # bad input leaves nothing behind; the error was printed
         if os.path.exists(self.lock):
             os.remove(self.lock)
-        if exc_type is not None and not issubclass(exc_type, KeyboardInterrupt):
+        if failed:
             folder = os.path.abspath(self.path)
             for path in WRITTEN[self.first_written:]:
                 if os.path.dirname(path) == folder and os.path.exists(path):
