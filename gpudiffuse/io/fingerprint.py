@@ -8,13 +8,15 @@ import os
 
 __all__ = ["geometry_files", "input_fingerprint"]
 
-GEOMETRY_NAMES = ("XDS.INP", "GXPARM.XDS", "XPARM.XDS")
-
-
 def geometry_files(geometry) -> list[str]:
-    """The geometry files an ``ImportParameters`` names (XDS folder files that exist, DIALS files)."""
+    """The geometry files the import of an ``ImportParameters`` reads: for XDS, XDS.INP, the
+    (G)XPARM.XDS that ``load_xds`` picks and INTEGRATE.LP when present; else the DIALS files."""
+    from ..geometry.xds import find_xparm  # noqa: PLC0415
+
     if geometry.xds:
-        return [os.path.join(geometry.xds, n) for n in GEOMETRY_NAMES if os.path.isfile(os.path.join(geometry.xds, n))]
+        files = [os.path.join(geometry.xds, "XDS.INP"), find_xparm(geometry.xds),
+                 os.path.join(geometry.xds, "INTEGRATE.LP")]
+        return [f for f in files if f and os.path.isfile(f)]
     return list(geometry.expt)
 
 
