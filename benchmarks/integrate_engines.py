@@ -32,7 +32,7 @@ def _setup(data, ndiv):
     from gpudiffuse.grid import VoxelGrid
     from gpudiffuse.integration import prepare_pixels
     from gpudiffuse.masking.peaks import PeakParameters, absent_table, find_peaks
-    from gpudiffuse.pipeline import resolve_dmin
+    from gpudiffuse.steps.limits import resolve_dmin
 
     experiment = import_experiment(ImportParameters(xds=data))
     dmin = resolve_dmin(experiment, None)

@@ -50,16 +50,14 @@ def _synthetic(rows):
 
 
 def _processed(folder):
-    from gpudiffuse.experiment import read_experiment
-    from gpudiffuse.io.nexus import read_parameters
-    from gpudiffuse.pipeline import _read_integrate
-    from gpudiffuse.scale_step import fit_observations
     from gpudiffuse.scaling import ScaleOptions
+    from gpudiffuse.steps.importing import load_experiment
+    from gpudiffuse.steps.integrate import load_integration, observation_tables
+    from gpudiffuse.steps.scale import fit_observations
 
-    experiment = read_experiment(os.path.join(folder, "experiment.nxs"))
-    path = os.path.join(folder, "integrate.nxs")
-    ndiv = tuple(read_parameters(path)["integration"]["ndiv"])
-    table = _read_integrate(path)["observations"]
+    experiment, integration = load_experiment(folder), load_integration(folder)
+    ndiv = integration.ndiv
+    table = observation_tables(experiment, integration)["observations"]
 
     def fit(method):
         result = fit_observations(experiment, table, ndiv, ScaleOptions(method=method), progress=False)

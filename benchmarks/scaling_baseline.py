@@ -32,8 +32,9 @@ def main(argv=None):
     from gpudiffuse.experiment import ImportParameters, read_experiment
     from gpudiffuse.integration import IntegrationParameters
     from gpudiffuse.merge import merge
-    from gpudiffuse.pipeline import ProcessParameters, _read_integrate, process
-    from gpudiffuse.scale_step import fit_observations
+    from gpudiffuse.pipeline import ProcessParameters, process
+    from gpudiffuse.steps.integrate import load_observations
+    from gpudiffuse.steps.scale import fit_observations
     from gpudiffuse.scaling import ScaleOptions, apply_scales
     from gpudiffuse.simulate import compare_with_truth, load_model, simulate_dataset
 
@@ -45,7 +46,7 @@ def main(argv=None):
                                   IntegrationParameters(ndiv=NDIV, dmin=2.0, wedge_frames=4), device="cpu",
                                   scale="none"), processed, progress=False)
     experiment = read_experiment(os.path.join(processed, "experiment.nxs"))
-    table = _read_integrate(os.path.join(processed, "integrate.nxs"))["observations"]
+    table = load_observations(processed)
     crystal = experiment.sweeps[0].crystal
     truth = load_model(data)
 

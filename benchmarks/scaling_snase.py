@@ -33,8 +33,8 @@ def main(argv=None):
     from gpudiffuse.cli import main as cli
     from gpudiffuse.experiment import read_experiment
     from gpudiffuse.merge import merge
-    from gpudiffuse.pipeline import _read_integrate
-    from gpudiffuse.scale_step import fit_observations
+    from gpudiffuse.steps.integrate import load_observations
+    from gpudiffuse.steps.scale import fit_observations
     from gpudiffuse.scaling import ScaleOptions, apply_scales
     from gpudiffuse.scaling.joint import jax_device
 
@@ -44,7 +44,7 @@ def main(argv=None):
         assert cli(["process", "--expt", *files, "-o", processed, "--ndiv", "3", "3", "3", "--dmin", "1.6",
                     "--device", "cpu", "--scale", "none"]) == 0
     experiment = read_experiment(os.path.join(processed, "experiment.nxs"))
-    table = _read_integrate(os.path.join(processed, "integrate.nxs"))["observations"]
+    table = load_observations(processed)
     crystal = experiment.sweeps[0].crystal
     rows = []
     for method, limit in (("joint", 100), ("alternating", args.baseline_iterations)):

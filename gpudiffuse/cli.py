@@ -103,21 +103,49 @@ def build_parser() -> argparse.ArgumentParser:
     _add_geometry(p)
     p.add_argument("-o", "--out", required=True, metavar="OUT", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT/experiment.nxs")
-    p = sub.add_parser("process", help="the whole pipeline: import, find peaks, integrate, merge, map",
+    p = sub.add_parser("process", help="the whole pipeline: import, find-peaks, integrate, scale, merge, map",
                        description="Process a dataset end to end into OUT/: experiment.nxs, peaks.nxs, "
-                                   "integrate.nxs, merged.nxs (/entry/merged: h, k, l, intensity, sigma, n) and "
-                                   "map.nxs (3-D NXdata). Finished steps are reused when the parameters match.")
+                                   "integrate.nxs, scale.nxs, merged.nxs (/entry/merged: h, k, l, intensity, sigma, "
+                                   "n) and map.nxs (3-D NXdata). Each is also a subcommand of its own. A finished "
+                                   "step is reused when its parameters and inputs are unchanged; one whose input "
+                                   "files changed is run again.")
     _add_geometry(p)
     _add_processing(p)
     p.add_argument("-o", "--out", required=True, metavar="OUT", help="output folder")
 
-    p = sub.add_parser("scale", help="fit the scaling model to OUT/integrate.nxs and write OUT/scale.nxs",
+    p = sub.add_parser("find-peaks", help="find Bragg peaks (pass 1) into OUT/peaks.nxs",
+                       description="Read OUT/experiment.nxs and every frame, find strong pixels, fit the peak "
+                                   "cloud and write OUT/peaks.nxs.")
+    _add_out(p, "peaks.nxs")
+    p.add_argument("--dmin", type=_positive, help="resolution limit in Å (default: the detector corner)")
+    _add_peaks(p)
+
+    p = sub.add_parser("integrate", help="integrate the frames (pass 2) into OUT/integrate.nxs",
+                       description="Read OUT/experiment.nxs (and OUT/peaks.nxs unless --no-bragg-mask), stream the "
+                                   "frames and write the raw voxel sums to OUT/integrate.nxs.")
+    _add_out(p, "integrate.nxs")
+    _add_integration(p)
+    _add_engines(p)
+    p.add_argument("--no-bragg-mask", action="store_true", help="do not mask Bragg peaks (no peaks.nxs needed)")
+
+    p = sub.add_parser("scale", help="build the observation table and fit the scaling model into OUT/scale.nxs",
                        description="Fit I_obs ≈ a(ix,iy,z)·d(region)·[b(z)·I + c(|s|,z)] to the observation table of "
-                                   "a processed folder and write OUT/scale.nxs (χ² before/after, the model); prints CC½ "
-                                   "per shell before and after.")
-    p.add_argument("-o", "--out", required=True, metavar="OUT", help="folder holding experiment.nxs and integrate.nxs")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT/scale.nxs")
+                                   "OUT/integrate.nxs and write OUT/scale.nxs (χ² before/after, the model); prints CC½ "
+                                   "per shell before and after. Then `merge` and `map` make the new map.")
+    _add_out(p, "scale.nxs")
+    _add_table(p)
     _add_scaling(p)
+
+    p = sub.add_parser("merge", help="merge the scaled observations into OUT/merged.nxs",
+                       description="Apply OUT/scale.nxs to OUT/integrate.nxs, merge into the asymmetric unit and "
+                                   "write OUT/merged.nxs with per-shell statistics.")
+    _add_out(p, "merged.nxs")
+    _add_merging(p)
+
+    p = sub.add_parser("map", help="expand OUT/merged.nxs into the 3-D map OUT/map.nxs",
+                       description="Expand the merged asymmetric unit to every symmetry mate on a dense h, k, l grid "
+                                   "(NaN where unmeasured) and write OUT/map.nxs.")
+    _add_out(p, "map.nxs")
 
     p = sub.add_parser("demo", help="simulate a dataset, process it and report accuracy against the truth",
                        description="Simulate the 'small' preset (Pilatus 300K, 60 frames) into OUTDIR/data, "
@@ -128,13 +156,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_out(p, name):
+    p.add_argument("-o", "--out", required=True, metavar="OUT", help="processed folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help=f"replace an OUT/{name} made with other parameters (and remove the files made from it)")
+
+
 def _add_processing(p):
+    _add_integration(p)
+    p.add_argument("--no-scale", action="store_true", help="skip scaling (same as --scale none)")
+    _add_table(p)
+    _add_scaling(p)
+    _add_engines(p)
+    b = _add_peaks(p)
+    b.add_argument("--no-bragg-mask", action="store_true", help="do not mask Bragg peaks")
+    _add_merging(p)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace outputs made with other parameters (and remove the files made from them)")
+
+
+def _add_integration(p):
     g = p.add_argument_group("grid and integration")
     g.add_argument("--ndiv", type=COUNT, nargs=3, default=[3, 3, 3], metavar="N",
                    help="subdivisions per Miller index along a*, b*, c* (default 3 3 3)")
     g.add_argument("--dmin", type=_positive, help="resolution limit in Å (default: the detector corner)")
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"],
-                   help="auto: the GPU if CuPy finds one, else the CPU; gpu: fail without one")
     g.add_argument("--background", metavar="TEMPLATE",
                    help="background frames without the crystal (template with ? or #), subtracted per voxel")
     g.add_argument("--frames", type=int, nargs=2, metavar=("FIRST", "LAST"), help="file numbers to process")
@@ -142,15 +187,22 @@ def _add_processing(p):
                    help="rotation per wedge of observations, degrees (default %(default)g; stills: one wedge per "
                         "frame); observations of one voxel in different wedges are scaled separately")
     g.add_argument("--wedge-frames", type=COUNT, metavar="N", help="frames per wedge instead of --wedge")
-    g.add_argument("--min-pixels", type=NON_NEGATIVE, default=1, help="drop observations with fewer pixels")
-    g.add_argument("--min-counts", type=NON_NEGATIVE, default=0, help="drop observations with fewer counts")
     g.add_argument("--no-air", action="store_true", help="no air-attenuation correction")
+
+
+def _add_table(p):
+    g = p.add_argument_group("observation table")
+    g.add_argument("--min-pixels", type=NON_NEGATIVE, default=1, help="drop observations with fewer pixel-frames")
+    g.add_argument("--min-counts", type=NON_NEGATIVE, default=0, help="drop observations with fewer counts")
     g.add_argument("--scale", default="model", choices=["model", "isotropic", "none"],
                    help="model: fit a·d·(b·I + c) (default); isotropic: per-frame scale from the isotropic "
                         "scattering only; none")
-    g.add_argument("--no-scale", action="store_true", help="skip scaling (same as --scale none)")
-    _add_scaling(p)
+
+
+def _add_engines(p):
     e = p.add_argument_group("engines and parallel runs")
+    e.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"],
+                   help="auto: the GPU if CuPy finds one, else the CPU; gpu: fail without one")
     e.add_argument("--engine", choices=["numpy", "cpu", "cuda"],
                    help="integration engine (default from --device: cuda on a GPU, else cpu = compiled, "
                         "multi-threaded; numpy = the slow reference)")
@@ -159,15 +211,20 @@ def _add_processing(p):
     e.add_argument("--scheduler", metavar="ADDRESS", help="run blocks of wedges on an existing Dask scheduler "
                    "(e.g. tcp://host:8786); workers read the frames themselves, so they need the same paths")
     e.add_argument("--dask-workers", type=COUNT, metavar="N", help="run blocks on a local Dask cluster of N processes")
+
+
+def _add_peaks(p):
     b = p.add_argument_group("Bragg mask (peak-cloud model)")
-    b.add_argument("--no-bragg-mask", action="store_true", help="do not mask Bragg peaks")
     b.add_argument("--threshold", type=_positive, help="count threshold of strong pixels (default: automatic)")
     b.add_argument("--sigma-cutoff", type=_positive, default=3.0, help="mask radius in Mahalanobis units (default 3)")
+    return b
+
+
+def _add_merging(p):
     m = p.add_argument_group("merging")
     m.add_argument("--outlier-k", type=_at_least(0, float), default=5.0, help="reject |I − <I>|/σ > k·rms (0: off; default 5)")
     m.add_argument("--shells", type=COUNT, default=10, help="resolution shells in the statistics")
     m.add_argument("--anomalous", action="store_true", help="keep Friedel mates apart")
-    p.add_argument("--overwrite", action="store_true", help="replace outputs made with other parameters")
 
 
 def _add_scaling(p):
@@ -200,27 +257,46 @@ def _scale_options(args):
                         max_iterations=args.scale_iterations, method=args.scale_method, centre_c=not args.pin_c)
 
 
-def _process_parameters(args):
+def _integration_parameters(args):
     from .integration import IntegrationParameters  # noqa: PLC0415
+
+    return IntegrationParameters(ndiv=tuple(args.ndiv), dmin=args.dmin, wedge_degrees=args.wedge,
+                                 wedge_frames=args.wedge_frames, frames=tuple(args.frames) if args.frames else None,
+                                 air=not args.no_air)
+
+
+def _peak_parameters(args):
     from .masking.peaks import PeakParameters  # noqa: PLC0415
+
+    return PeakParameters(threshold=args.threshold, sigma_cutoff=args.sigma_cutoff)
+
+
+def _merge_parameters(args):
     from .merge import MergeParameters  # noqa: PLC0415
+
+    return MergeParameters(outlier_k=args.outlier_k or None, n_shells=args.shells, anomalous=args.anomalous)
+
+
+def _engines(args):
+    from .steps.integrate import EngineChoice  # noqa: PLC0415
+
+    return EngineChoice(args.device, args.engine, args.nproc, args.scheduler, args.dask_workers)
+
+
+def _process_parameters(args):
     from .pipeline import ProcessParameters  # noqa: PLC0415
 
     return ProcessParameters(
-        geometry=_import_parameters(args),
-        integration=IntegrationParameters(ndiv=tuple(args.ndiv), dmin=args.dmin, wedge_degrees=args.wedge,
-                                          wedge_frames=args.wedge_frames,
-                                          frames=tuple(args.frames) if args.frames else None, air=not args.no_air),
-        peaks=PeakParameters(threshold=args.threshold, sigma_cutoff=args.sigma_cutoff),
-        merging=MergeParameters(outlier_k=args.outlier_k or None, n_shells=args.shells, anomalous=args.anomalous),
-        scaling=_scale_options(args), device=args.device, background=args.background, engine=args.engine,
-        nproc=args.nproc, scheduler=args.scheduler, dask_workers=args.dask_workers,
-        bragg_mask=not args.no_bragg_mask, scale="none" if args.no_scale else args.scale,
-        min_pixels=args.min_pixels, min_counts=args.min_counts)
+        geometry=_import_parameters(args), integration=_integration_parameters(args), peaks=_peak_parameters(args),
+        merging=_merge_parameters(args), scaling=_scale_options(args), device=args.device,
+        background=args.background, engine=args.engine, nproc=args.nproc, scheduler=args.scheduler,
+        dask_workers=args.dask_workers, bragg_mask=not args.no_bragg_mask,
+        scale="none" if args.no_scale else args.scale, min_pixels=args.min_pixels, min_counts=args.min_counts)
 
 
 def _run_process(args):
-    from .pipeline import format_statistics, process  # noqa: PLC0415
+    from .pipeline import process  # noqa: PLC0415
+    from .steps.merge import format_statistics  # noqa: PLC0415
 
     params = _process_parameters(args)
     with OutputFolder(args.out, log=True):
@@ -231,10 +307,7 @@ def _run_process(args):
 def _report(result, format_statistics):
     model = result["peak_model"]
     if model is not None:
-        print(f"peak cloud: {model.n_hot} strong pixels, |r0| = {float((model.offset ** 2).sum() ** 0.5):.4f}, "
-              f"widths {', '.join(f'{w:.4f}' for w in model.widths)} (fractional hkl)")
-        for message in model.warnings:
-            print(f"WARNING: {message}")
+        _print_peak_model(model)
     fit = result.get("scale_fit")
     if fit is not None:
         print(fit.summary())
@@ -244,44 +317,70 @@ def _report(result, format_statistics):
     print(f"written {result['out']}/merged.nxs and {result['out']}/map.nxs")
 
 
-def _run_scale(args):
-    from dataclasses import asdict  # noqa: PLC0415
+def _print_peak_model(model):
+    print(f"peak cloud: {model.n_hot} strong pixels, |r0| = {float((model.offset ** 2).sum() ** 0.5):.4f}, "
+          f"widths {', '.join(f'{w:.4f}' for w in model.widths)} (fractional hkl)")
+    for message in model.warnings:
+        print(f"WARNING: {message}")
 
-    from .experiment import read_experiment  # noqa: PLC0415
-    from .io.nexus import read_parameters  # noqa: PLC0415
-    from .merge import merge  # noqa: PLC0415
-    from .pipeline import _read_integrate, _subtract_background  # noqa: PLC0415
-    from .scale_step import fit_observations, write_scale  # noqa: PLC0415
-    from .scaling import apply_scales  # noqa: PLC0415
 
-    integrate_path = os.path.join(args.out, "integrate.nxs")
-    if not os.path.isfile(integrate_path):
-        raise GpudiffuseError(f"{integrate_path} does not exist: run `gpudiffuse process` first")
-    out_path = os.path.join(args.out, "scale.nxs")
-    if os.path.exists(out_path) and not args.overwrite:
-        raise GpudiffuseError(f"{out_path} already exists; pass --overwrite to replace it")
-    experiment = read_experiment(os.path.join(args.out, "experiment.nxs"))
-    ndiv = tuple(read_parameters(integrate_path)["integration"]["ndiv"])
-    options = _scale_options(args)
-    # the same table process scales: minus the background run, when there was one
-    table = _subtract_background(_read_integrate(integrate_path)["observations"])
+def _run_find_peaks(args):
+    from .steps.find_peaks import run_find_peaks  # noqa: PLC0415
+
     with OutputFolder(args.out, log=True):
-        fit = fit_observations(experiment, table, ndiv, options, progress=not args.no_progress)
-        write_scale(out_path, fit, {"scaling": asdict(options)}, None)
-    print(fit.summary())
-    crystal = experiment.sweeps[0].crystal
-    metric = crystal.A.T @ crystal.A
-    before = merge(table, experiment.space_group, ndiv, metric)[1]
-    after = merge(apply_scales(table, fit), experiment.space_group, ndiv, metric)[1]
-    print("CC1/2 per shell, default merge settings:\n  d_min  unscaled    scaled")
-    for d_min, cc_before, cc_after in zip(before["d_min"], before["cc_half"], after["cc_half"]):
-        print(f"{d_min:7.2f} {cc_before:9.4f} {cc_after:9.4f}")
-    print(f"written {out_path}")
+        search = run_find_peaks(args.out, _peak_parameters(args), args.dmin, args.overwrite, not args.no_progress)
+    _print_peak_model(search.model)
+    print(f"written {os.path.join(args.out, 'peaks.nxs')}")
+
+
+def _run_integrate(args):
+    from .steps.integrate import IntegrateParameters, run_integrate  # noqa: PLC0415
+
+    params = IntegrateParameters(_integration_parameters(args), not args.no_bragg_mask, args.background)
+    with OutputFolder(args.out, log=True):
+        integration = run_integrate(args.out, params, _engines(args), args.overwrite, not args.no_progress)
+    print(f"{len(integration.diffuse.get('H', []))} diffuse and {len(integration.excluded.get('H', []))} excluded "
+          f"voxel-wedge rows to {integration.dmin:.3f} Å")
+    print(f"written {os.path.join(args.out, 'integrate.nxs')}")
+
+
+def _run_scale(args):
+    from .steps.importing import load_experiment  # noqa: PLC0415
+    from .steps.integrate import load_integration  # noqa: PLC0415
+    from .steps.scale import ScaleStepParameters, cc_half_before_after, run_scale  # noqa: PLC0415
+
+    params = ScaleStepParameters(args.scale, args.min_pixels, args.min_counts, _scale_options(args))
+    with OutputFolder(args.out, log=True):
+        experiment, integration = load_experiment(args.out), load_integration(args.out)
+        result = run_scale(args.out, params, args.overwrite, not args.no_progress, experiment, integration)
+    if result.fit is not None:
+        print(result.fit.summary())
+    print(cc_half_before_after(experiment, integration, result))
+    print(f"written {os.path.join(args.out, 'scale.nxs')}; run `gpudiffuse merge -o {args.out}` and "
+          f"`gpudiffuse map -o {args.out}` for the map")
+
+
+def _run_merge(args):
+    from .steps.merge import format_statistics, run_merge  # noqa: PLC0415
+
+    with OutputFolder(args.out, log=True):
+        result = run_merge(args.out, _merge_parameters(args), args.overwrite)
+    print(f"merged {len(result.merged['intensity'])} ASU voxels ({result.rejected} outlier observations rejected)")
+    print(format_statistics(result.statistics))
+    print(f"written {os.path.join(args.out, 'merged.nxs')}")
+
+
+def _run_map(args):
+    from .steps.map import run_map  # noqa: PLC0415
+
+    with OutputFolder(args.out, log=True):
+        path = run_map(args.out, args.overwrite)
+    print(f"written {path}")
 
 
 def _run_demo(args):
-    from .pipeline import format_statistics  # noqa: PLC0415
     from .simulate import PRESETS, demo  # noqa: PLC0415
+    from .steps.merge import format_statistics  # noqa: PLC0415
 
     result, accuracy = demo(args.outdir, PRESETS[args.preset], device=args.device)
     _report(result, format_statistics)
@@ -314,18 +413,18 @@ def _import_parameters(args):
 
 
 def _run_import(args):
-    from .experiment import import_experiment, summarise  # noqa: PLC0415
+    from .experiment import summarise  # noqa: PLC0415
+    from .steps.importing import run_import  # noqa: PLC0415
 
-    params = _import_parameters(args)
-    out_path = os.path.join(args.out, "experiment.nxs")
     with OutputFolder(args.out, log=True):
-        experiment = import_experiment(params, out_path, overwrite=args.overwrite)
+        experiment = run_import(_import_parameters(args), args.out, overwrite=args.overwrite)
     print(summarise(experiment))
-    print(f"written {out_path}")
+    print(f"written {os.path.join(args.out, 'experiment.nxs')}")
 
 
-COMMANDS = {"simulate": _run_simulate, "import": _run_import, "process": _run_process, "scale": _run_scale,
-            "demo": _run_demo}
+COMMANDS = {"simulate": _run_simulate, "import": _run_import, "find-peaks": _run_find_peaks,
+            "integrate": _run_integrate, "scale": _run_scale, "merge": _run_merge, "map": _run_map,
+            "process": _run_process, "demo": _run_demo}
 
 
 def main(argv=None) -> int:

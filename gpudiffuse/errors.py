@@ -9,6 +9,8 @@ __all__ = [
     "SymmetryError",
     "OutputExistsError",
     "DeviceError",
+    "OutputError",
+    "StepInputError",
 ]
 
 
@@ -46,3 +48,7 @@ class DeviceError(GpudiffuseError):
 
 class OutputError(GpudiffuseError):
     """An output file could not be written (full disk, permissions, …)."""
+
+
+class StepInputError(GpudiffuseError):
+    """A step's input file (an earlier step's output) is missing, unfinished or out of date."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 import h5py
 import numpy as np
@@ -185,13 +185,11 @@ def build_masks(sweeps: list[Sweep], params: ImportParameters) -> tuple[list[Swe
     return checked, masks, reports
 
 
-def import_experiment(params: ImportParameters, out_path: str | None = None, overwrite: bool = False) -> Experiment:
-    """Load geometry, check the images, build masks and (if ``out_path``) write experiment.nxs."""
+def import_experiment(params: ImportParameters) -> Experiment:
+    """Load geometry, check the images and build masks (the import step, ``steps.importing``,
+    writes the result to experiment.nxs)."""
     sweeps, masks, sources = build_masks(load_geometry(params), params)
-    experiment = Experiment(sweeps, masks, sources)
-    if out_path:
-        write_experiment(experiment, out_path, asdict(params), overwrite)
-    return experiment
+    return Experiment(sweeps, masks, sources)
 
 
 def write_experiment(experiment: Experiment, path: str, parameters: dict, overwrite: bool = False):

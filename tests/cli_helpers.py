@@ -4,15 +4,15 @@ import numpy as np
 
 from gpudiffuse.experiment import read_experiment
 from gpudiffuse.merge import merge
-from gpudiffuse.pipeline import _read_integrate
+from gpudiffuse.steps.integrate import load_observations
 
 
-def folder_cc_half(folder, transform=lambda table: table, ndiv=(3, 3, 3)):
-    """CC½ per shell of merging FOLDER/integrate.nxs's observation table (after ``transform``)
-    directly, with the default merge settings: the independent expectation."""
+def folder_cc_half(folder, ndiv=(3, 3, 3)):
+    """CC½ per shell of merging the observation table of FOLDER/integrate.nxs directly, with the
+    default merge settings: the independent expectation."""
     experiment = read_experiment(str(folder / "experiment.nxs"))
     crystal = experiment.sweeps[0].crystal
-    table = transform(_read_integrate(str(folder / "integrate.nxs"))["observations"])
+    table = load_observations(str(folder))
     return merge(table, experiment.space_group, ndiv, crystal.A.T @ crystal.A)[1]["cc_half"]
 
 

@@ -24,9 +24,12 @@ def test_import_xds_writes_experiment_and_summary(tiny_dataset, tmp_path, capsys
     exp = read_experiment(str(out / "experiment.nxs"))
     assert exp.sweeps[0].scan.num_frames == 12
     assert exp.masks[0].shape == (195, 487) and not exp.masks[0][194, 243]  # untrusted rectangle
-    # a second import does not overwrite without being asked
-    code, _, err = run_import(capsys, "--xds", str(tiny_dataset), "-o", str(out))
-    assert code == 1 and "--overwrite" in err
+    # the same import again reuses the file; another one does not overwrite it without being asked
+    before = (out / "experiment.nxs").stat().st_mtime_ns
+    assert run_import(capsys, "--xds", str(tiny_dataset), "-o", str(out))[0] == 0
+    code, _, err = run_import(capsys, "--xds", str(tiny_dataset), "-o", str(out), "--mask-chip-borders")
+    assert code == 1 and "mask_chip_borders); pass --overwrite" in err
+    assert (out / "experiment.nxs").stat().st_mtime_ns == before
 
 
 def test_parser_needs_no_data():

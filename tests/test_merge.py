@@ -80,7 +80,7 @@ def test_weighted_mean_outliers_and_half_sets():
 def test_statistics_table_flags_shells_without_signal():
     import numpy as np
 
-    from gpudiffuse.pipeline import format_statistics
+    from gpudiffuse.steps.merge import format_statistics
 
     stats = {k: np.array([1.0, 1.0, 1.0]) for k in ("d_max", "d_min", "n", "mean_I", "mean_I_over_sigma", "cc_star",
                                                      "r_split")}

@@ -13,7 +13,8 @@ from gpudiffuse.geometry.vectors import pixel_s_vectors
 from gpudiffuse.geometry.xds import load_xds
 from gpudiffuse.integration import IntegrationParameters
 from gpudiffuse.masking.peaks import absent_table, bragg_mask
-from gpudiffuse.pipeline import ProcessParameters, _read_peaks, process
+from gpudiffuse.pipeline import ProcessParameters, process
+from gpudiffuse.steps.find_peaks import read_peaks
 from gpudiffuse.simulate import compare_with_truth, format_accuracy, load_model, simulate_dataset
 
 NDIV = (3, 3, 3)
@@ -51,7 +52,7 @@ def test_bragg_peak_pixels_are_masked_and_absences_are_not(small):
     data, out, _ = small
     model = load_model(data)
     sweep = load_xds(data)[0]
-    search = _read_peaks(os.path.join(out, "peaks.nxs"))
+    search = read_peaks(os.path.join(out, "peaks.nxs"))
     absent = absent_table(sweep.crystal.space_group, (40, 40, 40))
     s = pixel_s_vectors(sweep.panel, sweep.beam).reshape(-1, 3)
     inside = np.linalg.norm(s, axis=1) <= 1 / DMIN

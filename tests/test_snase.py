@@ -11,7 +11,8 @@ import pytest
 from gpudiffuse.cli import main
 from gpudiffuse.experiment import read_experiment
 from gpudiffuse.merge import mate_agreement
-from gpudiffuse.pipeline import _read_integrate
+from gpudiffuse.steps.integrate import load_observations
+from gpudiffuse.steps.scale import load_scaled_observations
 
 MEASURED_MATE_CC = {
     1: [0.5859, 0.7038, 0.7967, 0.8950, 0.9059, 0.9255, 0.9438, 0.9585, 0.9568, 0.9431],
@@ -35,7 +36,7 @@ def test_symmetry_mates_agree(snase_run, capsys):
     n, out = snase_run
     experiment = read_experiment(str(out / "experiment.nxs"))
     crystal = experiment.sweeps[0].crystal
-    table = _read_integrate(str(out / "integrate.nxs"))["observations"]
+    table = load_scaled_observations(str(out))  # with the isotropic frame scale of the run
     result = mate_agreement(table, crystal.space_group, (n, n, n), crystal.A.T @ crystal.A)
     with capsys.disabled():
         print(f"\nSNase ndiv {n}: d_max d_min pairs <I> CC(mates)")
@@ -60,10 +61,10 @@ def test_isotropic_profile_peaks_at_the_solvent_ring(snase_run):
 
 def test_peak_cloud_on_snase_is_centred(snase_run):
     """Measured (to 1.6 Å): |r0| = 0.0127, widths 0.038, 0.095, 0.115 (fractional hkl), no warning."""
-    from gpudiffuse.pipeline import _read_peaks
+    from gpudiffuse.steps.find_peaks import read_peaks
 
     _, out = snase_run
-    model = _read_peaks(str(out / "peaks.nxs")).model
+    model = read_peaks(str(out / "peaks.nxs")).model
     assert np.linalg.norm(model.offset) < 0.03
     assert model.widths.max() < 0.13
     assert not model.warnings
@@ -82,14 +83,14 @@ def test_scaling_converges_on_the_stills(snase_run):
     """One frame per batch: the Gauss-Newton fit converges in a few iterations and the alternating
     baseline runs without a singular solve. Both run to convergence in
     benchmarks/scaling_snase.py (5 against 826 iterations; CC½ per shell within 0.0003)."""
-    from gpudiffuse.scale_step import fit_observations
+    from gpudiffuse.steps.scale import fit_observations
     from gpudiffuse.scaling import ScaleOptions
 
     n, out = snase_run
     if n != 3:
         pytest.skip("the scaling fit is checked on the ndiv 3 run (more voxels, fewer observations each)")
     experiment = read_experiment(str(out / "experiment.nxs"))
-    table = _read_integrate(str(out / "integrate.nxs"))["observations"]
+    table = load_observations(str(out))
     joint = fit_observations(experiment, table, (n, n, n), ScaleOptions(), progress=False)
     assert joint.converged and all(r.iterations <= 10 for r in joint.rounds)
     assert np.all(joint.sigmas.b.values[joint.sigmas.b.values > 0] < 0.05)

@@ -24,7 +24,7 @@ from .driver import integrate_sweep
 from .pixels import prepare_pixels
 from .record import IntegrationResult
 
-__all__ = ["BlockTask", "run_block", "run_blocks", "load_background", "Execution"]
+__all__ = ["BlockTask", "run_block", "run_blocks", "load_background", "background_exposure", "Execution"]
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +165,6 @@ def _run_dask(tasks, execution, done):
 
 def load_background(template, sweep, mask):
     """Per-pixel background rate (counts/s) and its variance from a background run (flat arrays)."""
-    from ..geometry.cbf_header import read_pilatus_header  # noqa: PLC0415
     from ..io.images import expand_template, read_image  # noqa: PLC0415
     from ..masking.pixel import frame_valid  # noqa: PLC0415
 
@@ -176,10 +175,7 @@ def load_background(template, sweep, mask):
         if data.shape != mask.shape:
             raise ImageError(f"background frame {path} is {data.shape[1]}x{data.shape[0]} pixels but the data "
                              f"frames are {mask.shape[1]}x{mask.shape[0]}")
-        try:
-            t = read_pilatus_header(path).get("exposure_time", 1.0)
-        except ImageError:
-            t = 1.0
+        t = background_exposure(path)
         valid = frame_valid(data, sweep.panel.trusted_range) & (data >= 0)
         total += np.where(valid, data, 0)
         time += np.where(valid, t, 0.0)
@@ -187,3 +183,17 @@ def load_background(template, sweep, mask):
         rate = np.where(time > 0, total / time, 0.0)
         var = np.where(time > 0, total / time**2, 0.0)
     return rate.ravel(), var.ravel()
+
+
+def background_exposure(path: str) -> float:
+    """The exposure time (s) of a background frame; no silent default."""
+    from ..geometry.cbf_header import read_pilatus_header  # noqa: PLC0415
+
+    try:
+        t = read_pilatus_header(path).get("exposure_time")
+    except ImageError:
+        t = None
+    if t is None or not np.isfinite(t) or t <= 0:
+        raise ImageError(f"background frame {path}: no positive Exposure_time in its header (got {t}); "
+                         "the background rate needs it")
+    return float(t)

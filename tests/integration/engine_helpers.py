@@ -14,7 +14,7 @@ def tiny_sweep(dataset: str):
     from gpudiffuse.grid import VoxelGrid
     from gpudiffuse.integration import prepare_pixels
     from gpudiffuse.masking.peaks import PeakParameters, absent_table, find_peaks
-    from gpudiffuse.pipeline import resolve_dmin
+    from gpudiffuse.steps.limits import resolve_dmin
 
     experiment = import_experiment(ImportParameters(xds=dataset))
     dmin = resolve_dmin(experiment, None)

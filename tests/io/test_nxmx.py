@@ -89,7 +89,7 @@ def test_flagged_values_are_invalid_and_zero_counts_are_data(tiny_eiger):
 def test_a_pixel_flagged_in_one_frame_is_dropped_from_that_frame_only(tiny_eiger, tmp_path):
     from gpudiffuse.grid import VoxelGrid
     from gpudiffuse.integration import IntegrationParameters, integrate_sweep, prepare_pixels
-    from gpudiffuse.pipeline import resolve_dmin
+    from gpudiffuse.steps.limits import resolve_dmin
 
     data = tmp_path / "data"
     shutil.copytree(tiny_eiger, data)

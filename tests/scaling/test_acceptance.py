@@ -12,8 +12,9 @@ import pytest
 from gpudiffuse.experiment import ImportParameters
 from gpudiffuse.integration import IntegrationParameters
 from gpudiffuse.merge import merge
-from gpudiffuse.pipeline import ProcessParameters, _read_integrate, process
-from gpudiffuse.scale_step import fit_observations
+from gpudiffuse.pipeline import ProcessParameters, process
+from gpudiffuse.steps.integrate import load_observations
+from gpudiffuse.steps.scale import fit_observations
 from gpudiffuse.scaling import ScaleOptions, apply_scales
 from gpudiffuse.scaling.model import effective
 from gpudiffuse.simulate import compare_with_truth, load_model, simulate_dataset
@@ -33,7 +34,7 @@ def scaled(tmp_path_factory):
     from gpudiffuse.experiment import read_experiment
 
     experiment = read_experiment(os.path.join(out, "experiment.nxs"))
-    table = _read_integrate(os.path.join(out, "integrate.nxs"))["observations"]
+    table = load_observations(out)
     fits = {m: fit_observations(experiment, table, NDIV, ScaleOptions(method=m), progress=False)
             for m in ("joint", "alternating")}
     for m, fit in fits.items():
