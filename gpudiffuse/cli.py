@@ -76,14 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpudiffuse", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"gpudiffuse {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only on the terminal "
-                        "(OUT/gpudiffuse.log still gets the whole log)")
-    parser.add_argument("--no-progress", action="store_true",
-                        help="no progress bars (they are shown only on a terminal anyway)")
+    _add_output_options(parser, False)
+    # the same options after the subcommand (``gpudiffuse process ... --no-progress``)
+    common = argparse.ArgumentParser(add_help=False)
+    _add_output_options(common, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("simulate", help="write a simulated dataset with known truth",
+    def add_command(name, **kwargs):
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    p = add_command("simulate", help="write a simulated dataset with known truth",
                        description="Write CBF frames, XDS.INP, GXPARM.XDS, a DIALS .expt and truth.h5 to OUTDIR.")
     p.add_argument("outdir")
     p.add_argument("--preset", default="small", choices=["tiny", "small", "scaling", "1m", "p6m"],
@@ -97,13 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ndiv", type=COUNT, nargs=3, default=[3, 3, 3], metavar="N", help="grid of the saved truth")
     p.add_argument("--seed", type=int, help="random seed (default from the preset)")
 
-    p = sub.add_parser("import", help="read geometry and images, build the pixel mask, write experiment.nxs",
+    p = add_command("import", help="read geometry and images, build the pixel mask, write experiment.nxs",
                        description="Read XDS or DIALS geometry, check the images, build the static pixel mask "
                                    "and write OUT/experiment.nxs with a readable summary.")
     _add_geometry(p)
     p.add_argument("-o", "--out", required=True, metavar="OUT", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT/experiment.nxs")
-    p = sub.add_parser("process", help="the whole pipeline: import, find-peaks, integrate, scale, merge, map",
+    p = add_command("process", help="the whole pipeline: import, find-peaks, integrate, scale, merge, map",
                        description="Process a dataset end to end into OUT/: experiment.nxs, peaks.nxs, "
                                    "integrate.nxs, scale.nxs, merged.nxs (/entry/merged: h, k, l, intensity, sigma, "
                                    "n) and map.nxs (3-D NXdata). Each is also a subcommand of its own. A finished "
@@ -113,14 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_processing(p)
     p.add_argument("-o", "--out", required=True, metavar="OUT", help="output folder")
 
-    p = sub.add_parser("find-peaks", help="find Bragg peaks (pass 1) into OUT/peaks.nxs",
+    p = add_command("find-peaks", help="find Bragg peaks (pass 1) into OUT/peaks.nxs",
                        description="Read OUT/experiment.nxs and every frame, find strong pixels, fit the peak "
                                    "cloud and write OUT/peaks.nxs.")
     _add_out(p, "peaks.nxs")
     p.add_argument("--dmin", type=_positive, help="resolution limit in Å (default: the detector corner)")
     _add_peaks(p)
 
-    p = sub.add_parser("integrate", help="integrate the frames (pass 2) into OUT/integrate.nxs",
+    p = add_command("integrate", help="integrate the frames (pass 2) into OUT/integrate.nxs",
                        description="Read OUT/experiment.nxs (and OUT/peaks.nxs unless --no-bragg-mask), stream the "
                                    "frames and write the raw voxel sums to OUT/integrate.nxs.")
     _add_out(p, "integrate.nxs")
@@ -128,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engines(p)
     p.add_argument("--no-bragg-mask", action="store_true", help="do not mask Bragg peaks (no peaks.nxs needed)")
 
-    p = sub.add_parser("scale", help="build the observation table and fit the scaling model into OUT/scale.nxs",
+    p = add_command("scale", help="build the observation table and fit the scaling model into OUT/scale.nxs",
                        description="Fit I_obs ≈ a(ix,iy,z)·d(region)·[b(z)·I + c(|s|,z)] to the observation table of "
                                    "OUT/integrate.nxs and write OUT/scale.nxs (χ² before/after, the model); prints CC½ "
                                    "per shell before and after. Then `merge` and `map` make the new map.")
@@ -136,18 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_table(p)
     _add_scaling(p)
 
-    p = sub.add_parser("merge", help="merge the scaled observations into OUT/merged.nxs",
+    p = add_command("merge", help="merge the scaled observations into OUT/merged.nxs",
                        description="Apply OUT/scale.nxs to OUT/integrate.nxs, merge into the asymmetric unit and "
                                    "write OUT/merged.nxs with per-shell statistics.")
     _add_out(p, "merged.nxs")
     _add_merging(p)
 
-    p = sub.add_parser("map", help="expand OUT/merged.nxs into the 3-D map OUT/map.nxs",
+    p = add_command("map", help="expand OUT/merged.nxs into the 3-D map OUT/map.nxs",
                        description="Expand the merged asymmetric unit to every symmetry mate on a dense h, k, l grid "
                                    "(NaN where unmeasured) and write OUT/map.nxs.")
     _add_out(p, "map.nxs")
 
-    p = sub.add_parser("demo", help="simulate a dataset, process it and report accuracy against the truth",
+    p = add_command("demo", help="simulate a dataset, process it and report accuracy against the truth",
                        description="Simulate the 'small' preset (Pilatus 300K, 60 frames) into OUTDIR/data, "
                                    "process it into OUTDIR/processed and compare the merged map with the truth.")
     p.add_argument("outdir", nargs="?", default="gpudiffuse_demo")
@@ -160,6 +162,14 @@ def _add_out(p, name):
     p.add_argument("-o", "--out", required=True, metavar="OUT", help="processed folder")
     p.add_argument("--overwrite", action="store_true",
                    help=f"replace an OUT/{name} made with other parameters (and remove the files made from it)")
+
+
+def _add_output_options(p, default):
+    p.add_argument("-v", "--verbose", action="store_true", default=default, help="debug logging")
+    p.add_argument("-q", "--quiet", action="store_true", default=default,
+                   help="warnings and errors only on the terminal (OUT/gpudiffuse.log still gets the whole log)")
+    p.add_argument("--no-progress", action="store_true", default=default,
+                   help="no progress bars (they are shown only on a terminal anyway)")
 
 
 def _add_processing(p):
@@ -428,8 +438,12 @@ COMMANDS = {"simulate": _run_simulate, "import": _run_import, "find-peaks": _run
 
 
 def main(argv=None) -> int:
+    from .io.nexus import set_command_line  # noqa: PLC0415
+
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    set_command_line(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     if args.quiet:  # the terminal shows warnings and errors; OUT/gpudiffuse.log still gets everything

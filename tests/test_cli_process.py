@@ -1,5 +1,6 @@
 """``gpudiffuse process`` on the tiny dataset and its answers to bad input."""
 
+import json
 import os
 
 import numpy as np
@@ -232,6 +233,33 @@ def test_changed_inputs_rerun_their_steps_and_changed_parameters_are_named(tiny_
     assert all(os.stat(out / n).st_mtime_ns > t for n, t in stamps.items())
 
 
+def test_row_filters_and_the_scale_mode_change_without_reading_the_frames_again(tiny_dataset, tmp_path, capsys):
+    """integrate.nxs holds the raw voxel sums: --min-pixels, --min-counts and --scale are applied
+    when the observation table is built, so changing them reruns scale, merge and map only."""
+    out = tmp_path / "out"
+    args = ["--xds", str(tiny_dataset), "-o", str(out), "--device", "cpu", "--scale", "isotropic"]
+    assert run(capsys, *args)[0] == 0
+    stamps = {name: os.stat(out / name).st_mtime_ns for name in ("experiment.nxs", "peaks.nxs", "integrate.nxs")}
+    code, _, err = run(capsys, *args, "--min-pixels", "4")
+    assert code == 1 and "scale.nxs exists and was made with other parameters (min_pixels)" in err
+    assert run(capsys, *args, "--min-pixels", "4", "--overwrite")[0] == 0
+    assert all(os.stat(out / n).st_mtime_ns == t for n, t in stamps.items())
+    import h5py
+
+    with h5py.File(out / "merged.nxs") as f:
+        n_obs = f["entry/merged/n"][()]
+        raw_pixels = None
+    with h5py.File(out / "integrate.nxs") as f:
+        raw_pixels = f["entry/diffuse/pixels"][()]
+    # every merged observation had at least 4 pixel-frames: fewer observations than rows with ≥ 1
+    assert n_obs.sum() <= (raw_pixels >= 4).sum() < (raw_pixels >= 1).sum()
+
+
+def test_dmin_coarser_than_the_innermost_data_is_refused_before_any_work(tiny_dataset, tmp_path, capsys):
+    expect_failure(capsys, tmp_path, ["--xds", str(tiny_dataset), "--dmin", "3000"],
+                   "--dmin 3000.0 Å keeps no data: the innermost unmasked pixel records 2046.78")
+
+
 def test_a_grid_too_large_for_the_memory_is_refused_before_integration(tiny_dataset, tmp_path, capsys):
     expect_failure(capsys, tmp_path, ["--xds", str(tiny_dataset), "--ndiv", "5000", "5000", "5000"],
                    "--ndiv 5000 5000 5000 to", "GiB; this machine has")
@@ -262,6 +290,17 @@ def test_outputs_say_their_units_cell_and_space_group(tiny_dataset, tmp_path, ca
         merged = f["entry/merged"]
         assert merged["intensity"].attrs["units"] == merged["sigma"].attrs["units"] == "counts / (s sr), relative scale"
         assert merged["s"].attrs["units"] == "1/angstrom" and merged["h"].attrs["units"] == "r.l.u."
+    # provenance: the command line in every step file, the input fingerprint in the import's key
+    for name in ("experiment", "peaks", "integrate", "scale", "merged", "map"):
+        with h5py.File(out / f"{name}.nxs") as f:
+            assert f["entry"].attrs["command_line"] == f"gpudiffuse process --xds {tiny_dataset} -o {out} " \
+                                                      "--device cpu --scale none", name
+    with h5py.File(out / "experiment.nxs") as f:
+        key = json.loads(f["entry"].attrs["parameters"])
+    assert len(key["inputs"]["frames"]) == 64 and sorted(key["inputs"]["geometry"]) == [
+        str(tiny_dataset / "GXPARM.XDS"), str(tiny_dataset / "XDS.INP")]
+    with h5py.File(out / "integrate.nxs") as f:
+        assert f["entry/diffuse/kt_sum"].attrs["units"] == "sr·s" and f["entry/diffuse/counts"].attrs["units"] == "counts"
 
 
 def test_quiet_terminal_and_a_whole_log_file(tiny_dataset, tmp_path, capsys):
@@ -291,3 +330,40 @@ def test_dmin_is_a_hard_limit_on_the_voxel_centres(tiny_dataset, tmp_path, capsy
     d = 1 / np.sqrt(s2[s2 > 0])
     assert d.min() >= 2.2 * (1 - 1e-9) and d.min() < 2.3
     assert d_min_shells.min() >= 2.2 * (1 - 1e-6)
+
+
+def test_a_run_killed_mid_way_resumes_to_the_files_of_a_clean_run(tiny_dataset, tmp_path, capsys):
+    """kill -9 during the scaling step: the finished steps stay, the lock of the dead process and
+    a half-written temporary file are cleared by the next run, which resumes and ends with the
+    same files as a run that was never interrupted."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import h5py
+
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    args = ["process", "--xds", str(tiny_dataset), "--device", "cpu", "--no-progress"]
+    child = subprocess.Popen([sys.executable, "-m", "gpudiffuse", *args, "-o", str(killed)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (killed / "integrate.nxs").exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert (killed / "integrate.nxs").exists() and not (killed / "map.nxs").exists()
+    assert (killed / ".gpudiffuse.lock").exists()  # left by the dead process
+    (killed / ".tmp-merged-x.nxs").write_bytes(b"half a file")
+    stamp = os.stat(killed / "integrate.nxs").st_mtime_ns
+    assert main([*args, "-o", str(killed)]) == 0
+    assert os.stat(killed / "integrate.nxs").st_mtime_ns == stamp  # resumed, not redone
+    assert main([*args, "-o", str(clean)]) == 0
+    assert sorted(os.listdir(killed)) == sorted(os.listdir(clean))
+    for name in ("scale.nxs", "merged.nxs", "map.nxs"):
+        with h5py.File(killed / name) as a, h5py.File(clean / name) as b:
+            names = []
+            a.visit(names.append)
+            for item in names:
+                if isinstance(a[item], h5py.Dataset):
+                    np.testing.assert_array_equal(a[item][()], b[item][()], err_msg=f"{name}: {item}")

@@ -50,13 +50,14 @@ def _vec(d, key, source):
     return v
 
 
-def find_image(path: str, json_dir: str) -> str:
+def find_image(path: str, json_dir: str, image_size: tuple[int, int] | None = None) -> str:
     """Locate an image named in an ExperimentList.
 
     Tried in order: the path itself (absolute, or relative to the JSON's folder); the file name
     beside the JSON; the file name below the JSON's folder or its parent (depth ≤ 3, for a JSON
-    moved together with its image folder), used only when exactly one such file exists (and
-    logged); several candidates are an error that lists them.
+    moved together with its image folder), used only when exactly one such file exists — and,
+    with ``image_size`` (fast, slow pixels of the detector), is an image of that size — (logged);
+    several candidates, or none of the right size, are an error that lists them.
     """
     candidates = [path if os.path.isabs(path) else os.path.join(json_dir, path)]
     name = os.path.basename(path)
@@ -73,6 +74,14 @@ def find_image(path: str, json_dir: str) -> str:
             if name in filenames:
                 found.add(os.path.normpath(os.path.abspath(os.path.join(dirpath, name))))
     found = sorted(found)
+    if image_size is not None and found:
+        sizes = {candidate: _image_size(candidate) for candidate in found}
+        fitting = [c for c in found if sizes[c] == tuple(image_size)]
+        if not fitting:
+            raise GeometryError(f"image {path} named in the ExperimentList is missing, and no file of that name below "
+                                f"{json_dir} or its parent is {image_size[0]}x{image_size[1]} pixels like the "
+                                "detector: " + ", ".join(f"{c} ({_size_text(sizes[c])})" for c in found[:5]))
+        found = fitting
     if len(found) == 1:
         logger.info("image %s named in the ExperimentList found at %s", path, found[0])
         return found[0]
@@ -81,6 +90,22 @@ def find_image(path: str, json_dir: str) -> str:
                             f"name lie below {json_dir} or its parent: {', '.join(found[:5])}; which one is meant is "
                             f"not known")
     raise GeometryError(f"image {path} named in the ExperimentList was not found (looked beside and below {json_dir})")
+
+
+def _image_size(path: str):
+    """(fast, slow) pixels of an image file, or None when it cannot be read as one."""
+    from ..errors import ImageError  # noqa: PLC0415
+    from ..io.images import read_image  # noqa: PLC0415
+
+    try:
+        shape = read_image(path).shape
+    except (ImageError, OSError, ValueError):
+        return None
+    return (shape[-1], shape[-2]) if len(shape) >= 2 else None
+
+
+def _size_text(size) -> str:
+    return "not a readable image" if size is None else f"{size[0]}x{size[1]} pixels"
 
 
 def _panel_frames(hierarchy, panels_json, source):
@@ -190,7 +215,7 @@ def _crystal(c, n_frames, source):
                                    _vec(c, "real_space_c", source), hall, A_per_frame=per_frame)
 
 
-def _images_of(imageset, scan, json_dir, source, still_index):
+def _images_of(imageset, scan, json_dir, source, still_index, image_size=None):
     kind = imageset.get("__id__", "ImageSet")
     if "template" in imageset:
         template = find_image(imageset["template"], json_dir) if "#" not in os.path.basename(
@@ -220,7 +245,7 @@ def _images_of(imageset, scan, json_dir, source, still_index):
         chosen = [images[min(still_index, len(images) - 1)]]
     else:
         chosen = images[: scan.num_frames]
-    return tuple(find_image(p, json_dir) for p in chosen), None
+    return tuple(find_image(p, json_dir, image_size) for p in chosen), None
 
 
 def load_dials(path: str) -> list[Sweep]:
@@ -252,7 +277,7 @@ def load_dials(path: str) -> list[Sweep]:
             iset_index = exp.get("imageset", 0)
             k = still_counter.get(iset_index, 0)
             still_counter[iset_index] = k + 1
-            images, indices = _images_of(doc["imageset"][iset_index], scan, json_dir, src, k)
+            images, indices = _images_of(doc["imageset"][iset_index], scan, json_dir, src, k, panel.image_size)
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise GeometryError(f"{src}: malformed ExperimentList ({exc.__class__.__name__}: {exc})") from exc
         if len(images) != scan.num_frames:

@@ -18,10 +18,18 @@ import numpy as np
 
 from .. import __version__
 
-__all__ = ["atomic_nexus", "write_provenance", "read_parameters", "normalised_parameters"]
+__all__ = ["atomic_nexus", "write_provenance", "read_parameters", "normalised_parameters", "set_command_line"]
 
 
 WRITTEN: list[str] = []  # every file atomic_nexus finished in this process (for OutputFolder's clean-up)
+_COMMAND_LINE: list[str | None] = [None]  # the command that runs in this process, for the provenance
+
+
+def set_command_line(argv) -> None:
+    """Record the command line (``gpudiffuse`` and its arguments) that every step file then stores."""
+    import shlex  # noqa: PLC0415
+
+    _COMMAND_LINE[0] = shlex.join(["gpudiffuse", *argv])
 
 
 @contextlib.contextmanager
@@ -60,11 +68,15 @@ def _umask() -> int:
 
 
 def write_provenance(group, step: str, parameters: dict, backend=None):
-    """Store program version, step name, parameters (JSON) and device on ``group``."""
+    """Store program version, step name, parameters (the step's cache key, JSON: with the input
+    fingerprints), the command line and device on ``group``."""
     group.attrs["program"] = "gpudiffuse"
     group.attrs["program_version"] = __version__
     group.attrs["step"] = step
     group.attrs["parameters"] = json.dumps(parameters, sort_keys=True, default=_json_default)
+    if _COMMAND_LINE[0] is not None:
+        group.attrs["command_line"] = _COMMAND_LINE[0]
+        group.attrs["working_directory"] = os.getcwd()
     if backend is not None:
         for key, value in backend.as_attrs().items():
             group.attrs[key] = value

@@ -141,3 +141,23 @@ def test_a_missing_image_is_relocated_only_when_one_candidate_exists(tmp_path):
         find_image("/elsewhere/raw/still_00001.cbf", str(json_dir))
     with pytest.raises(GeometryError, match="was not found"):
         find_image("/elsewhere/raw/still_00002.cbf", str(json_dir))
+
+
+def test_a_relocated_image_must_have_the_detector_size(tmp_path):
+    import pytest
+    from fabio.cbfimage import CbfImage
+
+    from gpudiffuse.errors import GeometryError
+    from gpudiffuse.geometry.dials import find_image
+
+    json_dir = tmp_path / "project" / "experiments"
+    json_dir.mkdir(parents=True)
+    for folder, shape in (("images", (20, 30)), ("thumbnails", (10, 15))):
+        (tmp_path / "project" / folder).mkdir()
+        CbfImage(data=np.zeros(shape, np.int32)).write(str(tmp_path / "project" / folder / "still_00001.cbf"))
+    # two files of that name, one of the detector's size (30 fast x 20 slow): that one
+    assert find_image("/elsewhere/still_00001.cbf", str(json_dir), (30, 20)) == \
+        str(tmp_path / "project" / "images" / "still_00001.cbf")
+    with pytest.raises(GeometryError, match=r"no file of that name .* is 40x20 pixels like the detector: "
+                                            r".*images/still_00001.cbf \(30x20 pixels\), .*thumbnails.*\(15x10 pixels\)"):
+        find_image("/elsewhere/still_00001.cbf", str(json_dir), (40, 20))
