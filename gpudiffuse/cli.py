@@ -24,6 +24,8 @@ scaled, symmetry-merged 3-D maps of diffuse scattering, on a GPU or the CPU.
 Typical use:
   gpudiffuse process --xds XDS_DIR -o out/ --ndiv 3 3 3 --dmin 1.6
   gpudiffuse process --expt indexed.expt -o out/
+  gpudiffuse scale -o out/ --b-frames 2 --overwrite   # refit the scaling model,
+  gpudiffuse merge -o out/; gpudiffuse map -o out/    # then rebuild merged.nxs and map.nxs
   gpudiffuse demo                      # simulate a dataset and process it
 """
 

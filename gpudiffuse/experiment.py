@@ -53,6 +53,8 @@ class ImportParameters:
         if self.xds and not os.path.isdir(self.xds):
             raise GeometryError(f"XDS directory {self.xds} does not exist")
         for path in self.expt:
+            if os.path.isdir(path):
+                raise GeometryError(f"--expt {path} is a folder: name the ExperimentList .expt/.json files in it")
             if not os.path.isfile(path):
                 raise GeometryError(f"ExperimentList file {path} does not exist")
         self.beamstop()  # validates the strings

@@ -16,7 +16,7 @@ from ..errors import GpudiffuseError, StepInputError
 from ..experiment import Experiment, ImportParameters, import_experiment, read_experiment, write_experiment
 from ..io.fingerprint import input_fingerprint
 from ..io.nexus import normalised_parameters, read_parameters
-from .keys import make_key, remove_stale_downstream, should_run, step_path
+from .keys import make_key, remove_stale_downstream, should_run, step_path, stored_digest
 
 __all__ = ["run_import", "load_experiment", "import_key"]
 
@@ -58,10 +58,8 @@ def load_experiment(out: str, check_inputs: bool = False) -> Experiment:
     """``OUT/experiment.nxs`` for a step run on its own. With ``check_inputs`` (steps that read the
     frames), refuse when the geometry files or frames changed since the import."""
     path = step_path(out, "import")
-    key = read_parameters(path) if os.path.exists(path) else None
-    if key is None:
-        raise StepInputError(f"{path} does not exist or is not a finished step file: run `gpudiffuse import` "
-                             "(or `gpudiffuse process`) first")
+    stored_digest(out, "import")  # names a missing, unfinished or foreign file
+    key = read_parameters(path)
     experiment = read_experiment(path)
     if check_inputs and isinstance(key.get("parameters"), dict):
         now = input_fingerprint(SimpleNamespace(**key["parameters"]), experiment)

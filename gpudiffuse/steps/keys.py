@@ -53,7 +53,14 @@ def stored_digest(out: str, step: str) -> str:
     if key is None:
         raise StepInputError(f"{path} does not exist or is not a finished step file: run `gpudiffuse "
                              f"{COMMANDS[step]}` (or `gpudiffuse process`) first")
+    if not _current_format(key, step):
+        raise StepInputError(f"{path} was written by an older gpudiffuse or by another step: run `gpudiffuse "
+                             f"{COMMANDS[step]} --overwrite` (or `gpudiffuse process --overwrite`)")
     return key_digest(key)
+
+
+def _current_format(key, step: str) -> bool:
+    return isinstance(key, dict) and key.get("step") == step and isinstance(key.get("reads"), dict)
 
 
 def make_key(step: str, parameters: dict, reads: dict | None = None, inputs: dict | None = None) -> dict:
@@ -80,6 +87,11 @@ def should_run(path: str, key: dict, overwrite: bool) -> bool:
     if stored == key:
         logger.info("%s is up to date: skipping this step", path)
         return False
+    if stored is not None and not _current_format(stored, key["step"]):
+        if overwrite:
+            return True
+        raise OutputExistsError(f"{path} exists and was written by an older gpudiffuse or by another step; pass "
+                                "--overwrite to replace it")
     changed = _differences(stored or {}, key)
     if stored is not None and changed and all(name.startswith(("inputs", "reads")) for name in changed):
         logger.info("%s: the input files changed since it was written (%s): running the step again", path,
