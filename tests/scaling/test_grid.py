@@ -1,7 +1,5 @@
 """Grid sizes scaled to the data, and the sparse penalty operators (numpy and JAX paths)."""
 
-import dataclasses
-
 import numpy as np
 import pytest
 
