@@ -174,6 +174,15 @@ def _run_map(args):
     print(f"written {path}")
 
 
+def _run_export(args):
+    from .steps.export import ExportParameters, run_export  # noqa: PLC0415
+
+    params = ExportParameters(args.format, args.source, args.unmeasured, args.file)
+    with OutputFolder(args.out, log=True):
+        path = run_export(args.out, params, args.overwrite)
+    print(f"written {path}")
+
+
 def _run_demo(args):
     from .simulate import PRESETS, demo  # noqa: PLC0415
     from .steps.merge import format_statistics  # noqa: PLC0415
@@ -212,6 +221,7 @@ def _run_import(args):
 
 COMMANDS = {"simulate": _run_simulate, "import": _run_import, "find-peaks": _run_find_peaks,
             "integrate": _run_integrate, "scale": _run_scale, "merge": _run_merge, "map": _run_map,
+            "export": _run_export,
             "process": _run_process, "demo": _run_demo}
 
 
@@ -233,6 +243,12 @@ def main(argv=None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    if hasattr(args, "folder"):  # the step subcommands take OUT as -o OUT or as their first argument
+        if args.folder and args.out and args.folder != args.out:
+            parser.error(f"{args.command}: give the folder once (OUT or -o OUT), not {args.folder} and {args.out}")
+        args.out = args.out or args.folder
+        if not args.out:
+            parser.error(f"{args.command}: name the processed folder (OUT or -o OUT)")
     try:
         COMMANDS[args.command](args)
     except GpudiffuseError as exc:

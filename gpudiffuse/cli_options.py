@@ -55,7 +55,9 @@ def add_geometry(p):
 
 
 def add_out(p, name):
-    p.add_argument("-o", "--out", required=True, metavar="OUT", help="processed folder")
+    """The processed folder, as ``-o OUT`` like ``process`` or as the first argument."""
+    p.add_argument("folder", nargs="?", metavar="OUT", help="processed folder (or -o OUT)")
+    p.add_argument("-o", "--out", metavar="OUT", help="processed folder")
     p.add_argument("--overwrite", action="store_true",
                    help=f"replace an OUT/{name} made with other parameters (and remove the files made from it)")
 
@@ -217,6 +219,20 @@ def add_no_bragg_mask(p):
     p.add_argument("--no-bragg-mask", action="store_true", help="do not mask Bragg peaks (no peaks.nxs needed)")
 
 
+def add_export_options(p):
+    g = p.add_argument_group("export")
+    g.add_argument("--format", required=True, choices=["ccp4", "mrc", "vtk", "mtz", "hdf5"],
+                   help="ccp4/mrc: the map as a reciprocal-space density map (gemmi; h, k, l = 0 at the origin, "
+                        "1 Å on screen = 1 Å⁻¹); vtk: legacy structured points in r.l.u. (ParaView); mtz: the "
+                        "voxels at integer h, k, l with σ and n (gemmi); hdf5: plain 3-D arrays with attributes")
+    g.add_argument("--source", default="diffuse", choices=["diffuse", "bragg"],
+                   help="mtz only: the merged diffuse voxels (default) or the merged excluded (Bragg) pixels")
+    g.add_argument("--unmeasured", type=float, metavar="VALUE",
+                   help="value of unmeasured voxels (default: 0 in ccp4/mrc, which viewers need finite; NaN in "
+                        "vtk and hdf5)")
+    g.add_argument("--file", metavar="PATH", help="file to write (default: OUT/map.<format>, OUT/<source>.mtz)")
+
+
 # the subcommands of single steps: name → (file, one-line help, description, option groups)
 STEP_COMMANDS = {
     "find-peaks": ("peaks.nxs", "find Bragg peaks (pass 1) into OUT/peaks.nxs",
@@ -235,4 +251,7 @@ STEP_COMMANDS = {
     "map": ("map.nxs", "expand OUT/merged.nxs into the 3-D map OUT/map.nxs",
             "Expand the merged asymmetric unit to every symmetry mate on a dense h, k, l grid (NaN where unmeasured) "
             "and write OUT/map.nxs.", ()),
+    "export": ("export file", "write the map (or integer-hkl values) as CCP4/MRC, VTK, MTZ or HDF5",
+               "Export OUT/map.nxs as a CCP4/MRC map, VTK structured points or a plain HDF5 array, or the merged "
+               "voxels at integer h, k, l of OUT/merged.nxs as MTZ.", (add_export_options,)),
 }

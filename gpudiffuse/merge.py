@@ -129,8 +129,9 @@ def merge(table: dict, space_group, ndiv, A_metric: np.ndarray, params: MergePar
 
     Returns
     -------
-    merged : dict with H, K, L (ASU, 1/nᵢ units), h, k, l (fractional), intensity, sigma, n, s
-        (and ``friedel`` when anomalous); stats : per-shell dict of arrays; rejected : count.
+    merged : dict with H, K, L (ASU, 1/nᵢ units), h, k, l (fractional), intensity, sigma, n, s,
+        intensity_half1/2 (the means of the random half-sets, NaN where a half has no observation;
+        and ``friedel`` when anomalous); stats : per-shell dict of arrays; rejected : count.
     """
     voxels = np.column_stack([table["H"], table["K"], table["L"]])
     asu, which = map_to_asu(voxels, space_group, ndiv)
@@ -175,10 +176,11 @@ def merge(table: dict, space_group, ndiv, A_metric: np.ndarray, params: MergePar
     rng = np.random.default_rng(params.seed)
     half = rng.random(len(values)) < 0.5
     halves = []
-    for h in (half, ~half):
+    for i, h in enumerate((half, ~half)):
         sel = keep & h
         m, e, nn = _weighted_mean(group[sel], n_groups, values[sel], sig[sel])
         halves.append((m[present], e[present], nn[present]))
+        merged[f"intensity_half{i + 1}"] = np.where(nn[present] > 0, m[present], np.nan)
     stats = shell_statistics(merged, halves, params.n_shells)
     return merged, stats, rejected
 
@@ -218,24 +220,24 @@ def shell_statistics(merged: dict, halves, n_shells: int) -> dict:
     return out
 
 
-def expand_to_grid(merged: dict, space_group, ndiv):
+def expand_to_grid(merged: dict, space_group, ndiv, columns=("intensity", "sigma")):
     """Expand ASU voxels to every symmetry mate on a dense grid (NaN where unmeasured).
 
-    Returns (intensity, sigma) arrays of shape (2Hm+1, 2Km+1, 2Lm+1) and the integer axes."""
+    Returns one array of shape (2Hm+1, 2Km+1, 2Lm+1) per name in ``columns`` (index [i, j, k] is
+    the voxel H = i − Hm, K = j − Km, L = k − Lm) and the integer axes (−Hm … Hm, …)."""
     ops = np.rint(_grid_operators(space_group, ndiv)).astype(np.int64)
     asu = np.column_stack([merged["H"], merged["K"], merged["L"]]).astype(np.int64)
     images = np.concatenate([asu @ op for op in ops])
-    values = np.tile(merged["intensity"], len(ops))
-    errors = np.tile(merged["sigma"], len(ops))
     hmax = np.abs(images).max(axis=0) if len(images) else np.zeros(3, np.int64)
     shape = tuple(2 * hmax + 1)
-    intensity = np.full(shape, np.nan)
-    sigma = np.full(shape, np.nan)
     idx = images + hmax
-    intensity[idx[:, 0], idx[:, 1], idx[:, 2]] = values
-    sigma[idx[:, 0], idx[:, 1], idx[:, 2]] = errors
+    grids = []
+    for name in columns:
+        grid = np.full(shape, np.nan)
+        grid[idx[:, 0], idx[:, 1], idx[:, 2]] = np.tile(merged[name], len(ops))
+        grids.append(grid)
     axes = [np.arange(-m, m + 1) for m in hmax]
-    return intensity, sigma, axes
+    return (*grids, axes)
 
 
 def mate_agreement(table: dict, space_group, ndiv, A_metric, n_shells: int = 10, fine_bins: int = 100,

@@ -52,6 +52,16 @@ def tiny_dataset(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_processed(tiny_dataset, tmp_path_factory):
+    """The tiny dataset processed with the default options (read-only for the tests that use it)."""
+    from gpudiffuse.cli import main
+
+    out = tmp_path_factory.mktemp("tiny_processed") / "out"
+    assert main(["-q", "--no-progress", "process", "--xds", str(tiny_dataset), "-o", str(out), "--device", "cpu"]) == 0
+    return out
+
+
 @pytest.fixture
 def tiny_copy(tiny_dataset, tmp_path):
     """A private copy of the tiny dataset that a test may damage."""

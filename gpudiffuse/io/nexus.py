@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import __version__
 
-__all__ = ["atomic_nexus", "write_provenance", "read_parameters", "normalised_parameters", "set_command_line"]
+__all__ = ["atomic_file", "atomic_nexus", "write_provenance", "read_parameters", "normalised_parameters", "set_command_line"]
 
 
 WRITTEN: list[str] = []  # every file atomic_nexus finished in this process (for OutputFolder's clean-up)
@@ -33,8 +33,9 @@ def set_command_line(argv) -> None:
 
 
 @contextlib.contextmanager
-def atomic_nexus(path: str, overwrite: bool = False):
-    """Context manager yielding an open ``h5py.File`` that appears at ``path`` on success only."""
+def atomic_file(path: str, overwrite: bool = False):
+    """Context manager yielding a temporary path in ``path``'s folder; the file written there is
+    renamed to ``path`` on success only (with the umask's permissions), and removed otherwise."""
     from ..errors import OutputError, OutputExistsError  # noqa: PLC0415
 
     path = str(path)
@@ -44,13 +45,10 @@ def atomic_nexus(path: str, overwrite: bool = False):
     tmp = None
     try:
         os.makedirs(folder, exist_ok=True)
+        # named .tmp-*.nxs whatever the format: OutputFolder removes those a killed run left
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".nxs", dir=folder)
         os.close(fd)
-        with h5py.File(tmp, "w") as handle:
-            handle.attrs["NX_class"] = "NXroot"
-            handle.attrs["creator"] = f"gpudiffuse {__version__}"
-            handle.attrs["file_time"] = datetime.now(timezone.utc).isoformat()
-            yield handle
+        yield tmp
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are as readable as any file the user writes
         os.replace(tmp, path)
         WRITTEN.append(os.path.abspath(path))
@@ -59,6 +57,17 @@ def atomic_nexus(path: str, overwrite: bool = False):
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+
+
+@contextlib.contextmanager
+def atomic_nexus(path: str, overwrite: bool = False):
+    """Context manager yielding an open ``h5py.File`` that appears at ``path`` on success only."""
+    with atomic_file(path, overwrite) as tmp:
+        with h5py.File(tmp, "w") as handle:
+            handle.attrs["NX_class"] = "NXroot"
+            handle.attrs["creator"] = f"gpudiffuse {__version__}"
+            handle.attrs["file_time"] = datetime.now(timezone.utc).isoformat()
+            yield handle
 
 
 def _umask() -> int:

@@ -1,5 +1,8 @@
 """The map step: the merged asymmetric unit expanded to every symmetry mate on a dense 3-D grid
-→ ``map.nxs`` (NXdata with h, k, l axes in r.l.u., NaN where unmeasured; NeXpy opens it)."""
+→ ``map.nxs``: NXdata ``/entry/data`` (the ``default`` chain from the file root, so NeXpy opens
+it) with the map, its σ (``intensity_errors``) and the two half-set maps, NaN where unmeasured;
+axes h, k, l in r.l.u. (index [i, j, k] ↔ h = axis_h[i], …); cell, space group, ndiv and the
+intensity unit as attributes."""
 
 from __future__ import annotations
 
@@ -10,7 +13,11 @@ from ..merge import expand_to_grid
 from .keys import cached_step, make_key, stored_digest, step_path
 from .merge import INTENSITY_UNITS, MergeResult, load_merged
 
-__all__ = ["run_map", "write_map"]
+__all__ = ["run_map", "write_map", "MAP_COLUMNS"]
+
+# merged columns → map datasets: the map, its σ, and the maps of the two random half-sets
+MAP_COLUMNS = ("intensity", "sigma", "intensity_half1", "intensity_half2")
+_DATASETS = ("intensity", "intensity_errors", "intensity_half1", "intensity_half2")
 
 
 def run_map(out: str, overwrite: bool = False, merged: MergeResult | None = None, backend=None) -> str:
@@ -20,7 +27,7 @@ def run_map(out: str, overwrite: bool = False, merged: MergeResult | None = None
 
     def compute():
         result = merged or load_merged(out)
-        return result, expand_to_grid(result.merged, result.space_group, result.ndiv)
+        return result, expand_to_grid(result.merged, result.space_group, result.ndiv, MAP_COLUMNS)
 
     cached_step(out, "map", key, overwrite, compute, lambda path, made, k: write_map(path, *made, k, backend),
                 lambda path: None)
@@ -28,7 +35,7 @@ def run_map(out: str, overwrite: bool = False, merged: MergeResult | None = None
 
 
 def write_map(path: str, result: MergeResult, grid, key: dict, backend=None) -> None:
-    intensity, errors, axes = grid
+    *maps, axes = grid
     with atomic_nexus(path, overwrite=True) as handle:
         entry = handle.create_group("entry")
         entry.attrs["NX_class"] = "NXentry"
@@ -37,13 +44,15 @@ def write_map(path: str, result: MergeResult, grid, key: dict, backend=None) -> 
         data.attrs["NX_class"] = "NXdata"
         data.attrs["signal"] = "intensity"
         data.attrs["axes"] = ["h", "k", "l"]
-        data.create_dataset("intensity", data=intensity, compression="gzip")
-        data.create_dataset("intensity_errors", data=errors, compression="gzip")
+        data.attrs["auxiliary_signals"] = ["intensity_half1", "intensity_half2"]
+        for name, values in zip(_DATASETS, maps):
+            data.create_dataset(name, data=values, compression="gzip", compression_opts=1, shuffle=True)
+            data[name].attrs["units"] = INTENSITY_UNITS
+        data["intensity_half1"].attrs["long_name"] = "mean of random half-set 1 (the CC½ halves)"
+        data["intensity_half2"].attrs["long_name"] = "mean of random half-set 2 (the CC½ halves)"
         for name, axis, n in zip("hkl", axes, result.ndiv):
             data[name] = axis / n
             data[name].attrs["units"] = "r.l.u."
-        for name in ("intensity", "intensity_errors"):
-            data[name].attrs["units"] = INTENSITY_UNITS
         data.attrs["space_group"] = result.space_group.hm
         data.attrs["unit_cell"] = np.asarray(result.unit_cell, dtype=np.float64)
         data.attrs["unit_cell_units"] = "angstrom, degrees"

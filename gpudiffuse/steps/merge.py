@@ -102,14 +102,14 @@ def write_merged(path: str, result: MergeResult, key: dict, backend=None) -> Non
 def _write_voxels(entry, name, voxels, result):
     g = entry.create_group(name)
     g.attrs["NX_class"] = "NXcollection"
-    for column in ("h", "k", "l", "intensity", "sigma"):
+    for column in ("h", "k", "l", "intensity", "sigma", "intensity_half1", "intensity_half2"):
         g.create_dataset(column, data=np.asarray(voxels[column], dtype=np.float64))
     g.create_dataset("n", data=np.asarray(voxels["n"], dtype=np.int64))
     g.create_dataset("s", data=voxels["s"])
     g["s"].attrs["units"] = "1/angstrom"
     for column in ("h", "k", "l"):
         g[column].attrs["units"] = "r.l.u."
-    for column in ("intensity", "sigma"):
+    for column in ("intensity", "sigma", "intensity_half1", "intensity_half2"):
         g[column].attrs["units"] = INTENSITY_UNITS
     g.attrs["ndiv"] = np.asarray(result.ndiv, dtype=np.int64)
     g.attrs["space_group"] = result.space_group.hm
@@ -117,7 +117,8 @@ def _write_voxels(entry, name, voxels, result):
 
 
 def _read_voxels(g, ndiv) -> dict:
-    voxels = {k: g[k][()] for k in ("h", "k", "l", "intensity", "sigma", "n", "s")}
+    voxels = {k: g[k][()] for k in ("h", "k", "l", "intensity", "sigma", "n", "s", "intensity_half1",
+                                    "intensity_half2")}
     for fractional, index, n in zip("hkl", "HKL", ndiv):  # h = H/n exactly representable back
         voxels[index] = np.rint(voxels[fractional] * n).astype(np.int64)
     return voxels
