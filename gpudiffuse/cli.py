@@ -97,6 +97,10 @@ def _run_process(args):
     params = process_parameters(args)
     with OutputFolder(args.out, log=True):
         result = process(params, args.out, overwrite=args.overwrite, progress=not args.no_progress)
+        if not args.no_report:
+            from .steps.report import run_report  # noqa: PLC0415
+
+            result["report"] = run_report(args.out, args.overwrite)
     _report(result, format_statistics)
 
 
@@ -110,7 +114,8 @@ def _report(result, format_statistics):
     print(f"merged {len(result['merged']['intensity'])} ASU voxels to {result['dmin']:.3f} Å "
           f"({result['rejected']} outlier observations rejected)")
     print(format_statistics(result["statistics"]))
-    print(f"written {result['out']}/merged.nxs and {result['out']}/map.nxs")
+    print(f"written {result['out']}/merged.nxs and {result['out']}/map.nxs"
+          + (f"; the report: {result['report']['html']}" if result.get("report") else ""))
 
 
 def _print_peak_model(model):
@@ -174,6 +179,15 @@ def _run_map(args):
     print(f"written {path}")
 
 
+def _run_report(args):
+    from .steps.report import run_report  # noqa: PLC0415
+
+    with OutputFolder(args.out, log=True):
+        written = run_report(args.out, args.overwrite)
+    print(f"written {written['html']} and {written['pdf']} ({len(written['figures'])} figures in "
+          f"{os.path.join(args.out, 'report')}, {written['seconds']:.1f} s)")
+
+
 def _run_export(args):
     from .steps.export import ExportParameters, run_export  # noqa: PLC0415
 
@@ -187,7 +201,10 @@ def _run_demo(args):
     from .simulate import PRESETS, demo  # noqa: PLC0415
     from .steps.merge import format_statistics  # noqa: PLC0415
 
+    from .steps.report import run_report  # noqa: PLC0415
+
     result, accuracy = demo(args.outdir, PRESETS[args.preset], device=args.device)
+    result["report"] = run_report(result["out"], overwrite=True)
     _report(result, format_statistics)
     print("\naccuracy against the simulated truth (merged diffuse + isotropic vs voxel-averaged truth):")
     print(accuracy)
@@ -221,7 +238,7 @@ def _run_import(args):
 
 COMMANDS = {"simulate": _run_simulate, "import": _run_import, "find-peaks": _run_find_peaks,
             "integrate": _run_integrate, "scale": _run_scale, "merge": _run_merge, "map": _run_map,
-            "export": _run_export,
+            "export": _run_export, "report": _run_report,
             "process": _run_process, "demo": _run_demo}
 
 

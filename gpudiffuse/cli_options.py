@@ -71,6 +71,7 @@ def add_output_options(p, default):
 
 
 def add_processing(p):
+    p.add_argument("--no-report", action="store_true", help="do not write OUT/report.html and OUT/report.pdf at the end")
     add_integration(p)
     p.add_argument("--no-scale", action="store_true", help="skip scaling (same as --scale none)")
     add_table(p)
@@ -251,6 +252,10 @@ STEP_COMMANDS = {
     "map": ("map.nxs", "expand OUT/merged.nxs into the 3-D map OUT/map.nxs",
             "Expand the merged asymmetric unit to every symmetry mate on a dense h, k, l grid (NaN where unmeasured) "
             "and write OUT/map.nxs.", ()),
+    "report": ("report.html", "draw the figures of a processed folder into OUT/report.html and OUT/report.pdf",
+               "Draw map sections (total and anisotropic), the radial profile, the statistics per shell, the scaling "
+               "model and the masks on one frame into OUT/report/ (PNG, and the profile as CSV), OUT/report.html and "
+               "OUT/report.pdf, with a summary of inputs, parameters, device and time per step.", ()),
     "export": ("export file", "write the map (or integer-hkl values) as CCP4/MRC, VTK, MTZ or HDF5",
                "Export OUT/map.nxs as a CCP4/MRC map, VTK structured points or a plain HDF5 array, or the merged "
                "voxels at integer h, k, l of OUT/merged.nxs as MTZ.", (add_export_options,)),

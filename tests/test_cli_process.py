@@ -12,7 +12,7 @@ from cli_helpers import folder_cc_half, printed_unscaled_cc_half
 
 
 def run(capsys, *args):
-    code = main(["process", *args])
+    code = main(["process", "--no-report", *args])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -165,7 +165,7 @@ def test_numeric_options_are_checked_before_any_work(tiny_dataset, tmp_path, cap
     """A usage error: exit status 2, one line naming the option and the value, no output folder."""
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_info:
-        main(["process", "--xds", str(tiny_dataset), "-o", str(out), option, value])
+        main(["process", "--no-report", "--xds", str(tiny_dataset), "-o", str(out), option, value])
     assert exit_info.value.code == 2
     assert f"error: argument {option}: {message}" in capsys.readouterr().err
     assert not out.exists()
@@ -293,7 +293,7 @@ def test_outputs_say_their_units_cell_and_space_group(tiny_dataset, tmp_path, ca
     # provenance: the command line in every step file, the input fingerprint in the import's key
     for name in ("experiment", "peaks", "integrate", "scale", "merged", "map"):
         with h5py.File(out / f"{name}.nxs") as f:
-            assert f["entry"].attrs["command_line"] == f"gpudiffuse process --xds {tiny_dataset} -o {out} " \
+            assert f["entry"].attrs["command_line"] == f"gpudiffuse process --no-report --xds {tiny_dataset} -o {out} " \
                                                       "--device cpu --scale none", name
     with h5py.File(out / "experiment.nxs") as f:
         key = json.loads(f["entry"].attrs["parameters"])
@@ -305,7 +305,7 @@ def test_outputs_say_their_units_cell_and_space_group(tiny_dataset, tmp_path, ca
 
 def test_quiet_terminal_and_a_whole_log_file(tiny_dataset, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["-q", "--no-progress", "process", "--xds", str(tiny_dataset), "-o", str(out), "--device", "cpu",
+    assert main(["-q", "--no-progress", "process", "--no-report", "--xds", str(tiny_dataset), "-o", str(out), "--device", "cpu",
                  "--scale", "none"]) == 0
     captured = capsys.readouterr()
     assert "INFO" not in captured.err and "written" in captured.out
@@ -344,7 +344,7 @@ def test_a_run_killed_mid_way_resumes_to_the_files_of_a_clean_run(tiny_dataset, 
     import h5py
 
     killed, clean = tmp_path / "killed", tmp_path / "clean"
-    args = ["process", "--xds", str(tiny_dataset), "--device", "cpu", "--no-progress"]
+    args = ["process", "--no-report", "--xds", str(tiny_dataset), "--device", "cpu", "--no-progress"]
     child = subprocess.Popen([sys.executable, "-m", "gpudiffuse", *args, "-o", str(killed)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120

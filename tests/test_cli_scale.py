@@ -19,7 +19,7 @@ def _datasets(path):
 
 def test_scale_refits_reports_and_refuses_to_overwrite(tiny_dataset, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["process", "--xds", str(tiny_dataset), "-o", str(out), "--device", "cpu"]) == 0
+    assert main(["process", "--no-report", "--xds", str(tiny_dataset), "-o", str(out), "--device", "cpu"]) == 0
     assert "scaling (joint): chi2" in capsys.readouterr().out
     original = (out / "scale.nxs").read_bytes()
     with h5py.File(out / "scale.nxs") as f:  # Gauss-Newton: uncertainties and a record of the rounds
@@ -55,12 +55,12 @@ def test_scale_refits_reports_and_refuses_to_overwrite(tiny_dataset, tmp_path, c
 def test_scale_merge_map_after_a_refit_equal_process(tiny_dataset, tmp_path, capsys):
     first, direct = tmp_path / "first", tmp_path / "direct"
     common = ["--xds", str(tiny_dataset), "--device", "cpu"]
-    assert main(["process", *common, "-o", str(first)]) == 0
+    assert main(["process", "--no-report", *common, "-o", str(first)]) == 0
     refit = ["--b-frames", "2", "--c-nodes", "4", "--min-pixels", "3"]
     assert main(["scale", "-o", str(first), *refit, "--overwrite"]) == 0
     assert main(["merge", "-o", str(first), "--outlier-k", "4"]) == 0
     assert main(["map", "-o", str(first)]) == 0
-    assert main(["process", *common, "-o", str(direct), *refit, "--outlier-k", "4"]) == 0
+    assert main(["process", "--no-report", *common, "-o", str(direct), *refit, "--outlier-k", "4"]) == 0
     for name in ("scale.nxs", "merged.nxs", "map.nxs"):
         a, b = _datasets(first / name), _datasets(direct / name)
         assert set(a) == set(b) and len(a) > 3, name

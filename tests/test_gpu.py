@@ -15,7 +15,7 @@ def test_process_gpu_equals_cpu(tiny_dataset, tmp_path):
     from gpudiffuse.cli import main
 
     for device in ("cpu", "gpu"):
-        assert main(["process", "--xds", str(tiny_dataset), "-o", str(tmp_path / device), "--device", device,
+        assert main(["process", "--no-report", "--xds", str(tiny_dataset), "-o", str(tmp_path / device), "--device", device,
                      "--scale", "none"]) == 0
     with h5py.File(tmp_path / "cpu" / "merged.nxs") as a, h5py.File(tmp_path / "gpu" / "merged.nxs") as b:
         for key in ("h", "k", "l", "n"):

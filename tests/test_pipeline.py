@@ -126,6 +126,6 @@ def test_resume_skips_finished_steps(small, capsys):
     assert os.path.getmtime(os.path.join(out, "integrate.nxs")) == stamp
     np.testing.assert_array_equal(again["merged"]["intensity"], result["merged"]["intensity"])
     # other parameters are refused without --overwrite
-    code = main(["process", "--xds", data, "-o", out, "--ndiv", "3", "3", "3", "--dmin", "2.5", "--device", "cpu",
+    code = main(["process", "--no-report", "--xds", data, "-o", out, "--ndiv", "3", "3", "3", "--dmin", "2.5", "--device", "cpu",
                  "--scale", "isotropic"])
     assert code == 1 and "--overwrite" in capsys.readouterr().err

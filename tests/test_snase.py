@@ -26,7 +26,7 @@ def snase_run(request, snase_dir, tmp_path_factory):
     n = request.param
     out = tmp_path_factory.mktemp(f"snase{n}") / "out"
     files = sorted(str(p) for p in (snase_dir / "experiments").glob("experiments_for_lunus_*.json"))
-    code = main(["process", "--expt", *files, "-o", str(out), "--ndiv", str(n), str(n), str(n), "--dmin", "1.6",
+    code = main(["process", "--no-report", "--expt", *files, "-o", str(out), "--ndiv", str(n), str(n), str(n), "--dmin", "1.6",
                  "--device", "cpu", "--scale", "isotropic"])
     assert code == 0
     return n, out
@@ -72,7 +72,7 @@ def test_peak_cloud_on_snase_is_centred(snase_run):
 
 def test_original_geometry_is_flagged(snase_dir, tmp_path, capsys):
     files = sorted(str(p) for p in (snase_dir / "experiments-lunus-original").glob("experiments_for_lunus_*.json"))
-    code = main(["process", "--expt", *files, "-o", str(tmp_path / "o"), "--ndiv", "1", "1", "1", "--dmin", "3",
+    code = main(["process", "--no-report", "--expt", *files, "-o", str(tmp_path / "o"), "--ndiv", "1", "1", "1", "--dmin", "3",
                  "--device", "cpu", "--scale", "isotropic"])
     stdout = capsys.readouterr().out
     assert code == 0
@@ -99,3 +99,16 @@ def test_scaling_converges_on_the_stills(snase_run):
                                 progress=False)
     assert all(np.all(np.isfinite(v.values)) for v in baseline.params)
     assert baseline.chi2_after < baseline.chi2_before
+
+
+def test_the_report_of_the_stills(snase_run):
+    """Every figure of the report, for real still images (ten sweeps of one frame each)."""
+    n, out = snase_run
+    if n != 1:
+        pytest.skip("the report is checked on the ndiv 1 run")
+    from gpudiffuse.steps.report import run_report
+    from test_report import check_report
+
+    written = run_report(str(out))
+    assert len(written["figures"]) == 6
+    check_report(out)

@@ -202,7 +202,7 @@ def load_xds(directory: str, xparm: str | None = None) -> list[Sweep]:
         raise GeometryError(f"{src}: keyword NAME_TEMPLATE_OF_DATA_FRAMES= is missing")
     template = template[-1].split()[0]
     if not os.path.isabs(template):
-        template = os.path.join(directory, template)
+        template = os.path.join(os.path.abspath(directory), template)  # images stay found from any folder
     first, last = (int(x) for x in _numbers(keywords, "DATA_RANGE", 2, src))
     nx = int(_numbers(keywords, "NX", 1, src))
     ny = int(_numbers(keywords, "NY", 1, src))

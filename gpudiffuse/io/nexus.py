@@ -18,11 +18,23 @@ import numpy as np
 
 from .. import __version__
 
-__all__ = ["atomic_file", "atomic_nexus", "write_provenance", "read_parameters", "normalised_parameters", "set_command_line"]
+__all__ = ["atomic_file", "atomic_nexus", "write_provenance", "read_parameters", "normalised_parameters", "set_command_line",
+           "step_elapsed"]
 
 
 WRITTEN: list[str] = []  # every file atomic_nexus finished in this process (for OutputFolder's clean-up)
 _COMMAND_LINE: list[str | None] = [None]  # the command that runs in this process, for the provenance
+_ELAPSED: list[float | None] = [None]  # wall time of the step being written (s), for the provenance
+
+
+@contextlib.contextmanager
+def step_elapsed(seconds: float):
+    """Within the block, step files record ``seconds`` as the wall time of the step that made them."""
+    _ELAPSED[0] = float(seconds)
+    try:
+        yield
+    finally:
+        _ELAPSED[0] = None
 
 
 def set_command_line(argv) -> None:
@@ -83,6 +95,8 @@ def write_provenance(group, step: str, parameters: dict, backend=None):
     group.attrs["program_version"] = __version__
     group.attrs["step"] = step
     group.attrs["parameters"] = json.dumps(parameters, sort_keys=True, default=_json_default)
+    if _ELAPSED[0] is not None:
+        group.attrs["elapsed_s"] = round(_ELAPSED[0], 3)
     if _COMMAND_LINE[0] is not None:
         group.attrs["command_line"] = _COMMAND_LINE[0]
         group.attrs["working_directory"] = os.getcwd()

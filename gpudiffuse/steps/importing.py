@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import asdict
 from types import SimpleNamespace
 
 from ..errors import GpudiffuseError, StepInputError
 from ..experiment import Experiment, ImportParameters, import_experiment, read_experiment, write_experiment
 from ..io.fingerprint import input_fingerprint
-from ..io.nexus import normalised_parameters, read_parameters
+from ..io.nexus import normalised_parameters, read_parameters, step_elapsed
 from .keys import make_key, remove_stale_downstream, should_run, step_path, stored_digest
 
 __all__ = ["run_import", "load_experiment", "import_key"]
@@ -48,8 +49,10 @@ def run_import(params: ImportParameters, out: str, overwrite: bool = False) -> E
     inputs = None if previous is None else input_fingerprint(params, previous)
     if not should_run(path, import_key(params, inputs), overwrite):
         return previous
+    start = time.perf_counter()
     experiment = import_experiment(params)
-    write_experiment(experiment, path, import_key(params, input_fingerprint(params, experiment)), overwrite=True)
+    with step_elapsed(time.perf_counter() - start):
+        write_experiment(experiment, path, import_key(params, input_fingerprint(params, experiment)), overwrite=True)
     remove_stale_downstream(out, "import")
     return experiment
 

@@ -20,9 +20,10 @@ import hashlib
 import json
 import logging
 import os
+import time
 
 from ..errors import OutputExistsError, StepInputError
-from ..io.nexus import normalised_parameters, read_parameters
+from ..io.nexus import normalised_parameters, read_parameters, step_elapsed
 
 __all__ = ["STEPS", "STEP_FILES", "step_path", "make_key", "stored_digest", "should_run", "cached_step",
            "remove_stale_downstream"]
@@ -124,8 +125,10 @@ def cached_step(out: str, step: str, key: dict, overwrite: bool, compute, write,
     run (then remove the downstream files made from its older version), else ``read(path)``."""
     path = step_path(out, step)
     if should_run(path, key, overwrite):
+        start = time.perf_counter()
         result = compute()
-        write(path, result, key)
+        with step_elapsed(time.perf_counter() - start):
+            write(path, result, key)
         remove_stale_downstream(out, step)
         return result
     return read(path)

@@ -30,7 +30,7 @@ def test_cbf_and_eiger_give_the_same_map(route, tiny_dataset, tiny_eiger, tmp_pa
     for name, data in (("cbf", tiny_dataset), ("eiger", tiny_eiger)):
         geometry = ["--xds", str(data)] if route == "xds" else ["--expt", str(data / "experiments.expt")]
         out = tmp_path / name
-        assert main(["process", *geometry, "-o", str(out), "--device", "cpu", "--scale", "none"]) == 0, \
+        assert main(["process", "--no-report", *geometry, "-o", str(out), "--device", "cpu", "--scale", "none"]) == 0, \
             capsys.readouterr().err
         maps[name] = merged(out)
     for key in ("h", "k", "l", "n"):
@@ -162,7 +162,7 @@ def test_missing_truncated_or_mismatched_data_files_are_named(tiny_eiger, tmp_pa
     second.rename(tmp_path / "moved.h5")
     with pytest.raises(ImageError, match="data file .*sim_data_000002.h5 is missing"):
         open_master(str(data / "frames" / "sim_master.h5"))
-    code = main(["process", "--expt", str(data / "experiments.expt"), "-o", str(tmp_path / "out"), "--device", "cpu"])
+    code = main(["process", "--no-report", "--expt", str(data / "experiments.expt"), "-o", str(tmp_path / "out"), "--device", "cpu"])
     err = capsys.readouterr().err
     assert code == 1 and "sim_data_000002.h5 is missing" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()

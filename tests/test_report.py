@@ -1,0 +1,76 @@
+"""``gpudiffuse report``: every figure drawn for a processed simulated set (and, in test_snase, for
+the SNase stills); each PNG a real picture; the HTML references only files that exist; the PDF
+has a page per figure and the summary; the profile CSV holds the merged voxels' mean."""
+
+import re
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from gpudiffuse.cli import main
+from gpudiffuse.report.document import FIGURES
+
+
+def check_report(folder):
+    """The report files of FOLDER are complete and real (shared with test_snase)."""
+    html = (folder / "report.html").read_text()
+    references = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert len(references) == len(FIGURES) + 2
+    for reference in references:
+        assert (folder / reference).is_file(), reference
+    for stem, *_ in FIGURES:
+        image = np.asarray(Image.open(folder / "report" / f"{stem}.png").convert("L"), dtype=np.float64)
+        assert image.shape[0] > 400 and image.shape[1] > 800, stem
+        assert image.std() > 10, f"{stem} looks blank"
+    pdf = (folder / "report.pdf").read_bytes()
+    assert pdf.startswith(b"%PDF") and len(re.findall(rb"/Type\s*/Page\b", pdf)) == len(FIGURES) + 1
+    return html
+
+
+@pytest.fixture
+def processed(tiny_processed, tmp_path):
+    folder = tmp_path / "out"
+    shutil.copytree(tiny_processed, folder)
+    return folder
+
+
+def test_process_writes_a_report_with_every_figure(tiny_processed):
+    html = check_report(tiny_processed)
+    assert "I 2 2 2" in html and "counts / (s sr), relative scale" in html
+    for step in ("import", "integrate", "scale", "merge", "map"):  # time per step in the summary
+        assert re.search(rf"\n{step}\s+\d+\.\d\d ", html), step
+    # the profile as numbers: ⟨I⟩ of the merged voxels per |s| bin
+    profile = np.loadtxt(tiny_processed / "report" / "radial_profile.csv", delimiter=",", skiprows=1)
+    with h5py.File(tiny_processed / "merged.nxs") as f:
+        s, intensity = f["entry/merged/s"][()], f["entry/merged/intensity"][()]
+    width = profile[1, 0] - profile[0, 0]
+    for row in profile[profile[:, 3] > 0][::10]:
+        inside = (s >= row[0] - width / 2 - 1e-12) & (s < row[0] + width / 2 - 1e-12)
+        assert inside.sum() == row[3]
+        assert row[2] == pytest.approx(intensity[inside].mean(), rel=1e-9)
+
+
+def test_report_subcommand_replaces_its_own_report_only(processed, capsys):
+    before = (processed / "report" / "statistics.png").stat().st_mtime_ns
+    assert main(["report", str(processed)]) == 0
+    assert "report.html" in capsys.readouterr().out
+    assert (processed / "report" / "statistics.png").stat().st_mtime_ns > before
+    check_report(processed)
+    (processed / "report.html").write_text("<html>my own notes</html>")
+    assert main(["report", str(processed)]) == 1
+    assert "were not written by gpudiffuse; pass --overwrite" in capsys.readouterr().err
+    assert (processed / "report.html").read_text() == "<html>my own notes</html>"
+    assert main(["report", str(processed), "--overwrite"]) == 0
+    check_report(processed)
+
+
+def test_report_of_an_unscaled_run_without_bragg_mask(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["process", "--xds", str(tiny_dataset), "-o", str(out), "--device", "cpu", "--scale", "none",
+                 "--no-bragg-mask"]) == 0
+    check_report(out)
+    assert main(["report", str(tmp_path / "missing")]) == 1
+    assert "experiment.nxs does not exist" in capsys.readouterr().err
