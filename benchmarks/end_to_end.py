@@ -25,11 +25,12 @@ from _results import provenance, write_result
 CHILD = """
 import json, logging, resource, sys, time
 logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-from gpudiffuse.cli import build_parser, _process_parameters
+from gpudiffuse.cli import build_parser
+from gpudiffuse.cli_options import process_parameters
 from gpudiffuse.pipeline import process
 args = build_parser().parse_args(sys.argv[1:])
 t0 = time.perf_counter()
-result = process(_process_parameters(args), args.out, progress=False)
+result = process(process_parameters(args), args.out, progress=False)
 total = time.perf_counter() - t0
 print(json.dumps({"total_s": round(total, 2), "steps_s": result["timings"],
                   "merged_voxels": int(len(result["merged"]["intensity"])),

@@ -63,6 +63,14 @@ def tiny_processed(tiny_dataset, tmp_path_factory):
 
 
 @pytest.fixture
+def processed_copy(tiny_processed, tmp_path):
+    """A copy of ``tiny_processed`` that a test may change."""
+    import shutil
+
+    return shutil.copytree(tiny_processed, tmp_path / "out")
+
+
+@pytest.fixture
 def tiny_copy(tiny_dataset, tmp_path):
     """A private copy of the tiny dataset that a test may damage."""
     dst = tmp_path / "data"

@@ -4,7 +4,6 @@ and the cell and origin that make a viewer show h, k, l correctly, for an orthor
 set and a synthetic monoclinic map."""
 
 import math
-import shutil
 
 import gemmi
 import h5py
@@ -28,13 +27,6 @@ def _export(capsys, folder, *args):
     return capsys.readouterr().out.strip().split("written ")[-1]
 
 
-@pytest.fixture
-def processed(tiny_processed, tmp_path):
-    folder = tmp_path / "out"
-    shutil.copytree(tiny_processed, folder)
-    return folder
-
-
 def _check_ccp4(path, intensity, axes, ndiv, cell, fill):
     ccp4 = gemmi.read_ccp4_map(str(path))
     grid = np.array(ccp4.grid, copy=False)
@@ -46,15 +38,15 @@ def _check_ccp4(path, intensity, axes, ndiv, cell, fill):
     return gemmi.UnitCell(*(ccp4.header_float(w) for w in range(11, 17)))
 
 
-def test_every_format_gives_the_map_at_stated_hkl(processed, capsys):
-    intensity, sigma, axes = _map(processed)
+def test_every_format_gives_the_map_at_stated_hkl(processed_copy, capsys):
+    intensity, sigma, axes = _map(processed_copy)
     ndiv = (3, 3, 3)
     measured = np.argwhere(np.isfinite(intensity))
     assert 1000 < len(measured) < intensity.size  # some voxels unmeasured: the placeholder is tested too
 
     # CCP4 and MRC: unmeasured → 0; cell N·a*/n with the reciprocal angles (I222: a* = 1/a)
     for fmt in ("ccp4", "mrc"):
-        path = _export(capsys, processed, "--format", fmt)
+        path = _export(capsys, processed_copy, "--format", fmt)
         assert path.endswith(f"map.{fmt}")
         cell = _check_ccp4(path, intensity, axes, ndiv, None, 0.0)
         for length, size, a, n in zip((cell.a, cell.b, cell.c), intensity.shape, (40, 48, 56), ndiv):
@@ -68,7 +60,7 @@ def test_every_format_gives_the_map_at_stated_hkl(processed, capsys):
     # VTK structured points (meshio): points in r.l.u. with h fastest; unmeasured stay NaN
     import meshio
 
-    vtk = meshio.read(_export(capsys, processed, "--format", "vtk"))
+    vtk = meshio.read(_export(capsys, processed_copy, "--format", "vtk"))
     values = vtk.point_data["intensity"].reshape(intensity.shape, order="F")
     np.testing.assert_array_equal(values, intensity.astype(np.float32))
     np.testing.assert_array_equal(vtk.point_data["sigma"].reshape(sigma.shape, order="F"), sigma.astype(np.float32))
@@ -76,16 +68,16 @@ def test_every_format_gives_the_map_at_stated_hkl(processed, capsys):
     np.testing.assert_allclose(vtk.points[flat], [1.0, 2 / 3, -1.0], atol=1e-6)
 
     # HDF5: float64 arrays, axes and attributes
-    with h5py.File(_export(capsys, processed, "--format", "hdf5")) as f:
+    with h5py.File(_export(capsys, processed_copy, "--format", "hdf5")) as f:
         np.testing.assert_array_equal(f["intensity"][()], intensity)
         np.testing.assert_array_equal(f["sigma"][()], sigma)
         assert f["h"][i] == 1.0 and f.attrs["space_group"] == "I 2 2 2" and list(f.attrs["ndiv"]) == [3, 3, 3]
         assert f["intensity"].attrs["units"] == "counts / (s sr), relative scale"
 
     # MTZ: the merged ASU voxels at integer h, k, l, with σ and n
-    with h5py.File(processed / "merged.nxs") as f:
+    with h5py.File(processed_copy / "merged.nxs") as f:
         merged = {c: f[f"entry/merged/{c}"][()] for c in ("h", "k", "l", "intensity", "sigma", "n")}
-    mtz = gemmi.read_mtz_file(_export(capsys, processed, "--format", "mtz"))
+    mtz = gemmi.read_mtz_file(_export(capsys, processed_copy, "--format", "mtz"))
     assert mtz.spacegroup.hm == "I 2 2 2" and mtz.cell.parameters == pytest.approx((40, 48, 56, 90, 90, 90))
     data = np.array(mtz, copy=False)
     integer = np.all(np.abs(np.column_stack([merged["h"], merged["k"], merged["l"]]) % 1) < 1e-9, axis=1)
@@ -93,24 +85,24 @@ def test_every_format_gives_the_map_at_stated_hkl(processed, capsys):
     rows = {tuple(int(x) for x in row[:3]): row[3:] for row in data}
     for h, k, l, value, error, n in zip(*(merged[c][integer] for c in ("h", "k", "l", "intensity", "sigma", "n"))):
         np.testing.assert_allclose(rows[(round(h), round(k), round(l))], [value, error, n], rtol=1e-6)
-    bragg = gemmi.read_mtz_file(_export(capsys, processed, "--format", "mtz", "--source", "bragg"))
+    bragg = gemmi.read_mtz_file(_export(capsys, processed_copy, "--format", "mtz", "--source", "bragg"))
     assert bragg.nreflections > 10
 
 
-def test_export_refuses_to_overwrite_and_names_bad_choices(processed, capsys):
-    _export(capsys, processed, "--format", "ccp4")
-    assert main(["export", str(processed), "--format", "ccp4"]) == 1
+def test_export_refuses_to_overwrite_and_names_bad_choices(processed_copy, capsys):
+    _export(capsys, processed_copy, "--format", "ccp4")
+    assert main(["export", str(processed_copy), "--format", "ccp4"]) == 1
     assert "map.ccp4 already exists; pass --overwrite" in capsys.readouterr().err
-    assert main(["export", str(processed), "--format", "ccp4", "--unmeasured", "-1", "--overwrite"]) == 0
-    intensity, _, axes = _map(processed)
-    _check_ccp4(processed / "map.ccp4", intensity, axes, (3, 3, 3), None, -1.0)
-    assert main(["export", str(processed), "--format", "vtk", "--source", "bragg"]) == 1
+    assert main(["export", str(processed_copy), "--format", "ccp4", "--unmeasured", "-1", "--overwrite"]) == 0
+    intensity, _, axes = _map(processed_copy)
+    _check_ccp4(processed_copy / "map.ccp4", intensity, axes, (3, 3, 3), None, -1.0)
+    assert main(["export", str(processed_copy), "--format", "vtk", "--source", "bragg"]) == 1
     assert "--source bragg: only --format mtz" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["export", str(processed), "--format", "pdb"])
-    assert main(["export", str(processed.parent / "nothing"), "--format", "hdf5"]) == 1
+        main(["export", str(processed_copy), "--format", "pdb"])
+    assert main(["export", str(processed_copy.parent / "nothing"), "--format", "hdf5"]) == 1
     assert "map.nxs does not exist" in capsys.readouterr().err
-    assert not (processed.parent / "nothing").exists()
+    assert not (processed_copy.parent / "nothing").exists()
 
 
 def test_a_monoclinic_map_gets_the_reciprocal_cell(tmp_path, capsys):

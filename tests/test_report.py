@@ -3,7 +3,6 @@ the SNase stills); each PNG a real picture; the HTML references only files that 
 has a page per figure and the summary; the profile CSV holds the merged voxels' mean."""
 
 import re
-import shutil
 
 import h5py
 import numpy as np
@@ -30,13 +29,6 @@ def check_report(folder):
     return html
 
 
-@pytest.fixture
-def processed(tiny_processed, tmp_path):
-    folder = tmp_path / "out"
-    shutil.copytree(tiny_processed, folder)
-    return folder
-
-
 def test_process_writes_a_report_with_every_figure(tiny_processed):
     html = check_report(tiny_processed)
     assert "I 2 2 2" in html and "counts / (s sr), relative scale" in html
@@ -53,18 +45,17 @@ def test_process_writes_a_report_with_every_figure(tiny_processed):
         assert row[2] == pytest.approx(intensity[inside].mean(), rel=1e-9)
 
 
-def test_report_subcommand_replaces_its_own_report_only(processed, capsys):
-    before = (processed / "report" / "statistics.png").stat().st_mtime_ns
-    assert main(["report", str(processed)]) == 0
-    assert "report.html" in capsys.readouterr().out
-    assert (processed / "report" / "statistics.png").stat().st_mtime_ns > before
-    check_report(processed)
-    (processed / "report.html").write_text("<html>my own notes</html>")
-    assert main(["report", str(processed)]) == 1
+def test_report_subcommand_replaces_its_own_report_only(processed_copy, capsys):
+    (processed_copy / "report.html").write_text("<html>my own notes</html>")
+    assert main(["report", str(processed_copy)]) == 1
     assert "were not written by gpudiffuse; pass --overwrite" in capsys.readouterr().err
-    assert (processed / "report.html").read_text() == "<html>my own notes</html>"
-    assert main(["report", str(processed), "--overwrite"]) == 0
-    check_report(processed)
+    assert (processed_copy / "report.html").read_text() == "<html>my own notes</html>"
+    before = (processed_copy / "report" / "statistics.png").stat().st_mtime_ns
+    assert main(["report", str(processed_copy), "--overwrite"]) == 0
+    assert "report.html" in capsys.readouterr().out
+    assert (processed_copy / "report" / "statistics.png").stat().st_mtime_ns > before
+    check_report(processed_copy)
+    assert main(["report", str(processed_copy)]) == 0  # its own report: replaced without being asked
 
 
 def test_report_of_an_unscaled_run_without_bragg_mask(tiny_dataset, tmp_path, capsys):
