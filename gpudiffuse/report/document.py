@@ -8,6 +8,7 @@ import html
 import json
 import os
 import shutil
+import textwrap
 import time
 
 import numpy as np
@@ -115,13 +116,23 @@ def summary_lines(data) -> list[str]:
             continue
         key = provenance[step]["parameters"]
         elapsed = provenance[step].get("elapsed_s")
-        own = json.dumps(key.get("parameters"), sort_keys=True)
-        lines.append(f"{step:<12} {'' if elapsed is None else f'{elapsed:7.2f}':>7}  {own[:160]}"
-                     + ("…" if len(own) > 160 else ""))
+        own = ", ".join(f"{name}={json.dumps(value)}" for name, value in _flat(key.get("parameters") or {}))
+        wrapped = textwrap.wrap(own or "(none)", 120) or [""]
+        lines.append(f"{step:<12} {'' if elapsed is None else f'{elapsed:7.2f}':>7}  {wrapped[0]}")
+        lines += [" " * 22 + more for more in wrapped[1:]]
     merged = data.merged
     lines += ["", f"merged {len(merged.merged['intensity'])} ASU voxels, {merged.rejected} outliers rejected, "
               f"scale mode {merged.scale_mode}"]
     return lines
+
+
+def _flat(parameters: dict, prefix: str = ""):
+    """(dotted name, value) of a nested parameter dict, leaves only."""
+    for name, value in sorted(parameters.items()):
+        if isinstance(value, dict):
+            yield from _flat(value, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", value
 
 
 def _text_page(lines) -> Figure:
