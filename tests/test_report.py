@@ -56,6 +56,10 @@ def test_report_subcommand_replaces_its_own_report_only(processed_copy, capsys):
     assert (processed_copy / "report" / "statistics.png").stat().st_mtime_ns > before
     check_report(processed_copy)
     assert main(["report", str(processed_copy)]) == 0  # its own report: replaced without being asked
+    # a step written again makes the report out of date: it goes with the step files made from it
+    assert main(["merge", str(processed_copy), "--outlier-k", "4", "--overwrite"]) == 0
+    assert not (processed_copy / "report.html").exists() and not (processed_copy / "report").exists()
+    assert not (processed_copy / "map.nxs").exists() and (processed_copy / "merged.nxs").exists()
 
 
 def test_report_of_an_unscaled_run_without_bragg_mask(tiny_dataset, tmp_path, capsys):

@@ -136,7 +136,11 @@ def cached_step(out: str, step: str, key: dict, overwrite: bool, compute, write,
 
 def remove_stale_downstream(out: str, step: str) -> list[str]:
     """Remove the step files after ``step`` that read an older version of a file now in ``out``
-    (or one that is gone). Returns the removed paths."""
+    (or one that is gone), and gpudiffuse's report, which shows them all. Returns the removed
+    step files."""
+    from .report import remove_outdated_report  # noqa: PLC0415
+
+    remove_outdated_report(out)
     removed = []
     for later in STEPS[STEPS.index(step) + 1:]:
         path = step_path(out, later)

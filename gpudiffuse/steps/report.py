@@ -10,7 +10,7 @@ import os
 
 from ..errors import OutputExistsError
 
-__all__ = ["run_report"]
+__all__ = ["run_report", "remove_outdated_report"]
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +24,19 @@ def _ours(out: str) -> bool:
         return not os.path.exists(os.path.join(out, "report.pdf")) and not os.path.exists(os.path.join(out, "report"))
     with open(path, encoding="utf-8", errors="replace") as handle:
         return f'content="{GENERATOR}' in handle.read(4096)
+
+
+def remove_outdated_report(out: str) -> None:
+    """Remove gpudiffuse's report of ``out`` (a step it shows was just written again)."""
+    import shutil  # noqa: PLC0415
+
+    if not os.path.exists(os.path.join(out, "report.html")) or not _ours(out):
+        return
+    for name in ("report.html", "report.pdf"):
+        if os.path.exists(os.path.join(out, name)):
+            os.remove(os.path.join(out, name))
+    shutil.rmtree(os.path.join(out, "report"), ignore_errors=True)
+    logger.info("removed %s: it showed older step files", os.path.join(out, "report.html"))
 
 
 def run_report(out: str, overwrite: bool = False) -> dict:
