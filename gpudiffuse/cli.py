@@ -11,8 +11,8 @@ import sys
 from . import __version__
 from .errors import GpudiffuseError
 from .cli_options import (COUNT, STEP_COMMANDS, add_geometry, add_out, add_output_options, add_processing,
-                          engines, import_parameters, merge_parameters, peak_parameters, process_parameters,
-                          integration_parameters, scale_options)
+                          bragg_mask_choice, engines, import_parameters, integration_parameters, merge_parameters,
+                          peak_parameters, process_parameters, scale_options)
 from .io.output_folder import OutputFolder
 
 __all__ = ["build_parser", "main"]
@@ -137,7 +137,7 @@ def _run_find_peaks(args):
 def _run_integrate(args):
     from .steps.integrate import IntegrateParameters, run_integrate  # noqa: PLC0415
 
-    params = IntegrateParameters(integration_parameters(args), not args.no_bragg_mask, args.background)
+    params = IntegrateParameters(integration_parameters(args), bragg_mask_choice(args), args.background)
     with OutputFolder(args.out, log=True):
         integration = run_integrate(args.out, params, engines(args), args.overwrite, not args.no_progress)
     print(f"{len(integration.diffuse.get('H', []))} diffuse and {len(integration.excluded.get('H', []))} excluded "

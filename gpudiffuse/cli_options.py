@@ -77,8 +77,8 @@ def add_processing(p):
     add_table(p)
     add_scaling(p)
     add_engines(p)
-    b = add_peaks(p)
-    b.add_argument("--no-bragg-mask", action="store_true", help="do not mask Bragg peaks")
+    add_bragg_mask(p)
+    add_peaks(p)
     add_merging(p)
     p.add_argument("--overwrite", action="store_true",
                    help="replace outputs made with other parameters (and remove the files made from them)")
@@ -199,7 +199,7 @@ def process_parameters(args):
         geometry=import_parameters(args), integration=integration_parameters(args), peaks=peak_parameters(args),
         merging=merge_parameters(args), scaling=scale_options(args), device=args.device,
         background=args.background, engine=args.engine, nproc=args.nproc, scheduler=args.scheduler,
-        dask_workers=args.dask_workers, bragg_mask=not args.no_bragg_mask,
+        dask_workers=args.dask_workers, bragg_mask=bragg_mask_choice(args),
         scale="none" if args.no_scale else args.scale, min_pixels=args.min_pixels, min_counts=args.min_counts)
 
 
@@ -216,8 +216,20 @@ def add_find_peaks_options(p):
     add_peaks(p)
 
 
-def add_no_bragg_mask(p):
-    p.add_argument("--no-bragg-mask", action="store_true", help="do not mask Bragg peaks (no peaks.nxs needed)")
+def add_bragg_mask(p):
+    g = p.add_argument_group("Bragg mask")
+    g.add_argument("--bragg-mask", choices=["peak-cloud", "statistical", "both", "none"], default="peak-cloud",
+                   help="peak-cloud: mask the pixels near allowed reflections of the peak model fitted in "
+                        "find-peaks (default); statistical: exclude whole voxels whose pixel counts do not look "
+                        "Poisson next to their neighbours (DESIGN §7; needs no peak model and no indexing of "
+                        "strong pixels; voxels of the integration grid, windows of radius 2 voxels, counts "
+                        "0-20 histogrammed); both; none")
+    g.add_argument("--no-bragg-mask", action="store_true", help="the same as --bragg-mask none")
+    return g
+
+
+def bragg_mask_choice(args) -> str:
+    return "none" if args.no_bragg_mask else args.bragg_mask
 
 
 def add_export_options(p):
@@ -241,7 +253,7 @@ STEP_COMMANDS = {
                    "OUT/peaks.nxs.", (add_find_peaks_options,)),
     "integrate": ("integrate.nxs", "integrate the frames (pass 2) into OUT/integrate.nxs",
                   "Read OUT/experiment.nxs (and OUT/peaks.nxs unless --no-bragg-mask), stream the frames and write "
-                  "the raw voxel sums to OUT/integrate.nxs.", (add_integration, add_engines, add_no_bragg_mask)),
+                  "the raw voxel sums to OUT/integrate.nxs.", (add_integration, add_engines, add_bragg_mask)),
     "scale": ("scale.nxs", "build the observation table and fit the scaling model into OUT/scale.nxs",
               "Fit I_obs ≈ a(ix,iy,z)·d(region)·[b(z)·I + c(|s|,z)] to the observation table of OUT/integrate.nxs "
               "and write OUT/scale.nxs (χ² before/after, the model); prints CC½ per shell before and after. Then "

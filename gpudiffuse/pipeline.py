@@ -46,7 +46,7 @@ class ProcessParameters:
     scheduler: str | None = None
     dask_workers: int | None = None
     background: str | None = None
-    bragg_mask: bool = True
+    bragg_mask: str | bool = "peak-cloud"   # peak-cloud, statistical, both, none (True/False: peak-cloud/none)
     scale: str = "model"
     min_pixels: int = 1
     min_counts: int = 0
@@ -100,7 +100,7 @@ def process(params: ProcessParameters, out: str, overwrite: bool = False, progre
 
     clock.step("peaks")
     search = None
-    if params.bragg_mask:
+    if params.integrate_parameters().peak_cloud:
         search = run_find_peaks(out, params.peaks, params.integration.dmin, overwrite, progress, experiment)
 
     clock.step("integrate")

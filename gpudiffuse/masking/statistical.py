@@ -161,7 +161,7 @@ def _log_poisson(lam: np.ndarray, bins: int) -> np.ndarray:
     from scipy.special import gammaln  # noqa: PLC0415
 
     c = np.arange(bins, dtype=np.float64)
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):  # λ = 0: 0·log 0 (c = 0) is set below
         log_q = c * np.log(lam[:, None]) - lam[:, None] - gammaln(c + 1)
     log_q[:, 0] = -lam  # 0·log 0 = 0
     return np.maximum(np.nan_to_num(log_q, nan=-np.inf), math.log(Q_FLOOR))

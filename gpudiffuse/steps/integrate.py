@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import h5py
 import numpy as np
@@ -20,7 +20,7 @@ from ..errors import DeviceError, GridError
 from ..grid import VoxelGrid
 from ..integration import IntegrationParameters
 from ..integration.blocks import Execution
-from ..integration.record import FIELDS
+from ..integration.record import DEFAULT_HISTOGRAM_MAX, FIELDS
 from ..io.nexus import atomic_nexus, write_provenance
 from ..masking.peaks import absent_table
 from ..merge import voxel_s
@@ -34,14 +34,41 @@ __all__ = ["IntegrateParameters", "EngineChoice", "Integration", "run_integrate"
 logger = logging.getLogger(__name__)
 
 
+BRAGG_MASKS = ("peak-cloud", "statistical", "both", "none")
+
+
+def bragg_mask_method(value) -> str:
+    """The Bragg-mask method: one of BRAGG_MASKS (True means peak-cloud, False none)."""
+    if value is True or value is False:
+        return "peak-cloud" if value else "none"
+    if value not in BRAGG_MASKS:
+        raise GridError(f"--bragg-mask {value}: unknown (one of {', '.join(BRAGG_MASKS)})")
+    return value
+
+
 @dataclass(frozen=True)
 class IntegrateParameters:
-    """What the streaming pass computes: the grid and wedges (``IntegrationParameters``), whether
-    the Bragg peaks of ``peaks.nxs`` are masked, and an optional background run (image template)."""
+    """What the streaming pass computes: the grid and wedges (``IntegrationParameters``), the Bragg
+    mask (``peak-cloud``: the model of ``peaks.nxs`` applied per pixel; ``statistical``: the count
+    filter of DESIGN §7 on the integration grid, after the pass; ``both``; ``none``), and an
+    optional background run (image template)."""
 
     integration: IntegrationParameters = field(default_factory=IntegrationParameters)
-    bragg_mask: bool = True
+    bragg_mask: str = "peak-cloud"
     background: str | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "bragg_mask", bragg_mask_method(self.bragg_mask))
+        if self.statistical and self.integration.histogram_max is None:  # the filter needs the histograms
+            object.__setattr__(self, "integration", replace(self.integration, histogram_max=DEFAULT_HISTOGRAM_MAX))
+
+    @property
+    def peak_cloud(self) -> bool:
+        return self.bragg_mask in ("peak-cloud", "both")
+
+    @property
+    def statistical(self) -> bool:
+        return self.bragg_mask in ("statistical", "both")
 
     def key_parameters(self) -> dict:
         return {"integration": asdict(self.integration), "bragg_mask": self.bragg_mask,
@@ -75,7 +102,8 @@ class EngineChoice:
 class Integration:
     """The raw result of the pass. ``diffuse``/``excluded``: accumulator rows (columns of the
     record schema, canonical key order); ``profiles``: batch → {"counts", "kt"} (n_frames, bins);
-    ``zingers``: pixel-frames dropped; ``ndiv``; ``dmin``: the resolution limit used (Å)."""
+    ``zingers``: pixel-frames dropped; ``ndiv``; ``dmin``: the resolution limit used (Å);
+    ``bragg_filter``: what the statistical filter moved (None when it did not run)."""
 
     diffuse: dict
     excluded: dict
@@ -83,6 +111,7 @@ class Integration:
     zingers: int
     ndiv: tuple
     dmin: float
+    bragg_filter: dict | None = None
 
 
 def run_integrate(out: str, params: IntegrateParameters, engines: EngineChoice = EngineChoice(),
@@ -98,7 +127,7 @@ def run_integrate(out: str, params: IntegrateParameters, engines: EngineChoice =
     if experiment is None:
         experiment = load_experiment(out, check_inputs=True)
     reads = {"import": stored_digest(out, "import"),
-             "find_peaks": stored_digest(out, "find_peaks") if params.bragg_mask else None}
+             "find_peaks": stored_digest(out, "find_peaks") if params.peak_cloud else None}
     key = make_key("integrate", params.key_parameters(), reads)
     backend = backend or resolve_device(engines.device)
     execution = engines.execution(backend)
@@ -107,8 +136,11 @@ def run_integrate(out: str, params: IntegrateParameters, engines: EngineChoice =
         check_background(params.background, experiment)
 
     def compute():
-        peaks = (search or load_peaks(out)) if params.bragg_mask else None
-        return _integrate(experiment, peaks, dmin, params, execution, progress)
+        peaks = (search or load_peaks(out)) if params.peak_cloud else None
+        integration = _integrate(experiment, peaks, dmin, params, execution, progress)
+        if params.statistical:
+            _filter(integration, experiment)
+        return integration
 
     return cached_step(out, "integrate", key, overwrite, compute,
                        lambda path, result, k: write_integration(path, result, k, backend), read_integration)
@@ -143,6 +175,32 @@ def _integrate(experiment, search, dmin, params, execution, progress) -> Integra
                        tuple(params.integration.ndiv), float(dmin))
 
 
+def _filter(integration: Integration, experiment) -> None:
+    """The statistical filter, in place: excluded rows move to the excluded table."""
+    from ..integration.bragg_filter import apply_statistical_filter  # noqa: PLC0415
+
+    diffuse, excluded, summary = apply_statistical_filter(integration.diffuse, integration.excluded)
+    crystal = experiment.sweeps[0].crystal
+    metric = crystal.A.T @ crystal.A
+    summary["shells"] = _moved_per_shell(integration.diffuse, summary["moved_keys"], metric, integration.ndiv)
+    for d_max, d_min, fraction in zip(*(summary["shells"][k] for k in ("d_max", "d_min", "fraction_moved"))):
+        logger.info("statistical filter: %6.2f–%5.2f Å: %5.2f %% of voxel-wedge rows excluded", d_max, d_min,
+                    100 * fraction)
+    integration.diffuse, integration.excluded, integration.bragg_filter = diffuse, excluded, summary
+
+
+def _moved_per_shell(rows: dict, moved: dict, metric, ndiv, n_shells: int = 10) -> dict:
+    """Fraction of the voxel-wedge rows moved, per shell of equal reciprocal volume."""
+    s_all = voxel_s(np.column_stack([rows["H"], rows["K"], rows["L"]]), ndiv, metric)
+    s_moved = voxel_s(np.column_stack([moved["H"], moved["K"], moved["L"]]), ndiv, metric) if moved else np.zeros(0)
+    edges = np.cbrt(np.linspace(0, s_all.max() ** 3 * (1 + 1e-9), n_shells + 1)) if len(s_all) else np.zeros(2)
+    total = np.histogram(s_all, edges)[0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fraction = np.histogram(s_moved, edges)[0] / total
+    with np.errstate(divide="ignore"):
+        return {"d_max": 1 / edges[:-1], "d_min": 1 / edges[1:], "fraction_moved": fraction}
+
+
 _UNITS = {f.name: f.unit for f in FIELDS}
 
 
@@ -164,10 +222,32 @@ def write_integration(path: str, integration: Integration, key: dict, backend=No
             b = g.create_group(f"batch_{batch}")
             b["counts"], b["kt"] = profile["counts"], profile["kt"]
             b["counts"].attrs["units"], b["kt"].attrs["units"] = "counts", "sr·s"
+        if integration.bragg_filter is not None:
+            _write_filter(entry, integration.bragg_filter)
         entry.attrs["zingers"] = integration.zingers
         entry.attrs["ndiv"] = np.asarray(integration.ndiv, dtype=np.int64)
         entry.attrs["dmin"] = integration.dmin
         entry.attrs["dmin_units"] = "angstrom"
+
+
+def _write_filter(entry, summary: dict) -> None:
+    g = entry.create_group("statistical_filter")
+    g.attrs["NX_class"] = "NXcollection"
+    g.attrs["description"] = ("voxel-wedge rows the statistical Bragg filter (DESIGN §7) moved from the diffuse to "
+                              "the excluded table; per wedge and per resolution shell")
+    moved = summary["moved_keys"]
+    for key in ("batch", "wedge", "H", "K", "L"):
+        g.create_dataset(f"moved_{key}", data=np.asarray(moved.get(key, np.zeros(0, np.int32))), compression="gzip")
+    wedges = sorted(summary["per_wedge"])
+    table = g.create_group("per_wedge")
+    table["batch"] = np.array([b for b, _ in wedges], dtype=np.int64)
+    table["wedge"] = np.array([w for _, w in wedges], dtype=np.int64)
+    for name in ("removed", "overflow", "moved", "pixel_frames_moved"):
+        table[name] = np.array([summary["per_wedge"][k][name] for k in wedges], dtype=np.int64)
+    shells = g.create_group("shells")
+    for name, values in summary["shells"].items():
+        shells[name] = values
+    shells["d_max"].attrs["units"] = shells["d_min"].attrs["units"] = "angstrom"
 
 
 def read_integration(path: str) -> Integration:
@@ -176,8 +256,14 @@ def read_integration(path: str) -> Integration:
         rows = {name: {k: entry[name][k][()] for k in entry[name]} for name in ("diffuse", "excluded")}
         profiles = {int(k.split("_")[1]): {"counts": g["counts"][()], "kt": g["kt"][()]}
                     for k, g in entry["profiles"].items()}
+        bragg_filter = None
+        if "statistical_filter" in entry:
+            g = entry["statistical_filter"]
+            bragg_filter = {"moved_keys": {k: g[f"moved_{k}"][()] for k in ("batch", "wedge", "H", "K", "L")},
+                            "per_wedge_table": {k: v[()] for k, v in g["per_wedge"].items()},
+                            "shells": {k: v[()] for k, v in g["shells"].items()}}
         return Integration(rows["diffuse"], rows["excluded"], profiles, int(entry.attrs["zingers"]),
-                           tuple(int(n) for n in entry.attrs["ndiv"]), float(entry.attrs["dmin"]))
+                           tuple(int(n) for n in entry.attrs["ndiv"]), float(entry.attrs["dmin"]), bragg_filter)
 
 
 def load_integration(out: str) -> Integration:
@@ -200,8 +286,9 @@ def observation_tables(experiment, integration: Integration, frame_scale: dict |
         rows = getattr(integration, "diffuse" if name == "observations" else "excluded")
         table = observation_table(rows, volume, ndiv, frame_scale, least_pixels, least_counts)
         tables[name] = _subtract_background(_within_resolution(table, metric, ndiv, integration.dmin))
-    if not tables["observations"]:
-        raise GridError("no observation survived: every pixel is masked or outside the resolution limit")
+    if not tables["observations"] or not len(tables["observations"]["rate"]):
+        raise GridError("no observation survived: every pixel is masked, excluded as Bragg or outside the "
+                        "resolution limit")
     return tables
 
 

@@ -1,0 +1,73 @@
+"""The statistical Bragg filter applied to the sums of the streaming pass (DESIGN §7), so that one
+pass over the frames suffices: the filter excludes whole voxels, so the diffuse sums of an
+excluded (voxel, wedge) move to the excluded (Bragg) record after the pass.
+
+Per sweep and wedge, the filter (``masking.statistical``) runs on that wedge's occupied voxels
+of the integration grid (the filter grid is the integration grid). A voxel excluded in wedge j is
+excluded from wedges j − 1, j and j + 1 of its sweep (both neighbours: a peak near a wedge
+boundary shows in either). The count histograms are dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from ..masking.statistical import statistical_filter
+from .record import KEY, AccumulatorRecord
+
+__all__ = ["apply_statistical_filter", "HISTOGRAM_COLUMNS"]
+
+logger = logging.getLogger(__name__)
+
+HISTOGRAM_COLUMNS = ("count_histogram", "overflow_counts")
+
+
+def _groups(rows: dict):
+    """(batch, wedge, slice) of the canonical rows (sorted by batch, wedge, H, K, L)."""
+    if not rows:
+        return
+    pair = np.column_stack([rows["batch"], rows["wedge"]]).astype(np.int64)
+    starts = np.flatnonzero(np.r_[True, np.any(pair[1:] != pair[:-1], axis=1)])
+    ends = np.r_[starts[1:], len(pair)]
+    for a, b in zip(starts, ends):
+        yield int(pair[a, 0]), int(pair[a, 1]), slice(a, b)
+
+
+def _codes(rows: dict, where=slice(None)) -> np.ndarray:
+    """One int64 per (H, K, L) (voxel indices are far below 2²⁰ in magnitude)."""
+    h, k, l = (np.asarray(rows[c][where], dtype=np.int64) + (1 << 20) for c in ("H", "K", "L"))
+    return (h << 42) | (k << 21) | l
+
+
+def apply_statistical_filter(diffuse: dict, excluded: dict, radius: float = 2.0) -> tuple[dict, dict, dict]:
+    """Run the filter on every wedge of ``diffuse`` (rows with count histograms) and move the
+    excluded rows to ``excluded``. Returns (diffuse, excluded, summary) without histogram columns;
+    summary: per (batch, wedge) the voxels removed by the walk, with overflow and moved, and the
+    pixel-frames moved; and the moved rows' keys."""
+    per_wedge, flagged = {}, {}
+    for batch, wedge, rows in _groups(diffuse):
+        voxels = np.column_stack([diffuse[c][rows] for c in ("H", "K", "L")])
+        result = statistical_filter(voxels, diffuse["count_histogram"][rows], diffuse["overflow_counts"][rows], radius)
+        flagged[(batch, wedge)] = _codes(diffuse, rows)[result.excluded]
+        per_wedge[(batch, wedge)] = {"removed": int(result.removed.sum()), "overflow": int(result.overflow.sum()),
+                                     "summed_D": result.summed_D}
+    move = np.zeros(len(diffuse.get("H", [])), bool)
+    for batch, wedge, rows in _groups(diffuse):
+        around = [flagged.get((batch, w), np.zeros(0, np.int64)) for w in (wedge - 1, wedge, wedge + 1)]
+        move[rows] = np.isin(_codes(diffuse, rows), np.concatenate(around))
+        per_wedge[(batch, wedge)]["moved"] = int(move[rows].sum())
+        per_wedge[(batch, wedge)]["pixel_frames_moved"] = int(diffuse["pixels"][rows][move[rows]].sum())
+    strip = {k: v for k, v in diffuse.items() if k not in HISTOGRAM_COLUMNS}
+    kept = {k: v[~move] for k, v in strip.items()}
+    moved = {k: v[move] for k, v in strip.items()}
+    others = {k: v for k, v in excluded.items() if k not in HISTOGRAM_COLUMNS}
+    combined = AccumulatorRecord.sum([AccumulatorRecord(others), AccumulatorRecord.from_columns(moved)]).rows() \
+        if move.any() else others
+    summary = {"per_wedge": per_wedge, "moved_keys": {k: moved[k] for k in KEY} if move.any() else {}}
+    logger.info("statistical filter: %d of %d voxel-wedge rows (%d pixel-frames) moved to the excluded table; "
+                "%d voxels removed by the walk, %d with counts above c_max", int(move.sum()), len(move),
+                sum(w["pixel_frames_moved"] for w in per_wedge.values()), sum(w["removed"] for w in per_wedge.values()),
+                sum(w["overflow"] for w in per_wedge.values()))
+    return kept, combined, summary
