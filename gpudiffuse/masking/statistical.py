@@ -58,17 +58,29 @@ def neighbour_lists(voxels: np.ndarray, radius: float = 2.0) -> tuple[np.ndarray
     span = voxels.max(axis=0) + r - low + 1
     code = np.ravel_multi_index(tuple((voxels - low).T), tuple(span))
     order = np.argsort(code, kind="stable")
-    sorted_code = code[order]
-    columns = np.full((n, len(offsets)), -1, dtype=np.int64)
-    for k, offset in enumerate(offsets):
-        wanted = np.ravel_multi_index(tuple((voxels + offset - low).T), tuple(span))
-        at = np.clip(np.searchsorted(sorted_code, wanted), 0, n - 1)
-        found = sorted_code[at] == wanted
-        columns[found, k] = order[at[found]]
+    columns = _find_neighbours(voxels - low, span.astype(np.int64), code[order], order, offsets)
     present = columns >= 0
     indptr = np.zeros(n + 1, np.int64)
     np.cumsum(present.sum(axis=1), out=indptr[1:])
     return indptr, columns[present]
+
+
+@numba.njit(cache=True, parallel=True)
+def _find_neighbours(shifted, span, sorted_code, order, offsets):
+    """(n, len(offsets)) row of each voxel + offset among ``shifted`` (−1: not occupied), by binary
+    search of its code among the sorted codes."""
+    n, m = len(shifted), len(offsets)
+    out = np.full((n, m), -1, np.int64)
+    for v in numba.prange(n):
+        for k in range(m):
+            x = shifted[v, 0] + offsets[k, 0]
+            y = shifted[v, 1] + offsets[k, 1]
+            z = shifted[v, 2] + offsets[k, 2]
+            wanted = (x * span[1] + y) * span[2] + z
+            at = np.searchsorted(sorted_code, wanted)
+            if at < n and sorted_code[at] == wanted:
+                out[v, k] = order[at]
+    return out
 
 
 class FilterResult:
@@ -100,10 +112,13 @@ def statistical_filter(voxels: np.ndarray, histogram: np.ndarray, overflow_count
     lam = _weighted_medians(indptr, indices, counts, pixels)
     pooled = _pooled(indptr, indices, histogram)
     log_q = _log_poisson(lam, histogram.shape[1])
-    divergence = _divergences(pooled, log_q)
-    delta = _deltas(indptr, indices, histogram, pooled, log_q, divergence)
+    largest = int(pooled.max()) if pooled.size else 0
+    n_log_n = np.arange(largest + 1, dtype=np.float64)
+    n_log_n[1:] *= np.log(n_log_n[1:])
+    divergence = _divergences(pooled, log_q, n_log_n)
+    delta = _deltas(indptr, indices, histogram, pooled, log_q, divergence, n_log_n)
     order = np.argsort(delta, kind="stable")
-    removed, after = _walk(order, indptr, indices, histogram, pooled.copy(), log_q, divergence.copy())
+    removed, after = _walk(order, indptr, indices, histogram, pooled.copy(), log_q, divergence.copy(), n_log_n)
     return FilterResult(removed | overflow, removed, overflow, lam, divergence, delta,
                         (float(divergence.sum()), float(after)))
 
@@ -168,60 +183,64 @@ def _log_poisson(lam: np.ndarray, bins: int) -> np.ndarray:
 
 
 @numba.njit(cache=True)
-def _divergence(row, log_q):
-    total = 0.0
+def _divergence(row, log_q, n_log_n):
+    """D of a window's pooled integer histogram ``row``: with T = Σ n_c and p_c = n_c / T,
+    Σ p_c (log p_c − log q_c) = (Σ n_c log n_c − Σ n_c log q_c) / T − log T; n log n is looked up
+    (no logarithm per bin)."""
+    total = 0
     for c in range(len(row)):
         total += row[c]
     if total <= 0:
         return 0.0
-    d = 0.0
+    s = 0.0
     for c in range(len(row)):
-        if row[c] > 0:
-            p = row[c] / total
-            d += p * (math.log(p) - log_q[c])
-    return d
+        n = row[c]
+        if n > 0:
+            s += n_log_n[n] - n * log_q[c]
+    return s / total - math.log(total)
 
 
 @numba.njit(cache=True)
-def _divergences(pooled, log_q):
+def _divergences(pooled, log_q, n_log_n):
     out = np.zeros(len(pooled))
     for v in range(len(pooled)):
-        out[v] = _divergence(pooled[v], log_q[v])
+        out[v] = _divergence(pooled[v], log_q[v], n_log_n)
     return out
 
 
 @numba.njit(cache=True)
-def _change_if_removed(j, indptr, indices, histogram, pooled, log_q, divergence):
+def _change_if_removed(j, indptr, indices, histogram, pooled, log_q, divergence, n_log_n, without):
     """Σ over the windows containing j (= the window of j: the ball is symmetric) of D(without j) − D."""
     change = 0.0
-    without = np.empty(histogram.shape[1], np.int64)
     for k in range(indptr[j], indptr[j + 1]):
         v = indices[k]
         for c in range(histogram.shape[1]):
             without[c] = pooled[v, c] - histogram[j, c]
-        change += _divergence(without, log_q[v]) - divergence[v]
+        change += _divergence(without, log_q[v], n_log_n) - divergence[v]
     return change
 
 
-@numba.njit(cache=True)
-def _deltas(indptr, indices, histogram, pooled, log_q, divergence):
+@numba.njit(cache=True, parallel=True)
+def _deltas(indptr, indices, histogram, pooled, log_q, divergence, n_log_n):
     n = len(histogram)
     out = np.zeros(n)
-    for j in range(n):
-        out[j] = _change_if_removed(j, indptr, indices, histogram, pooled, log_q, divergence)
+    for j in numba.prange(n):
+        without = np.empty(histogram.shape[1], np.int64)
+        out[j] = _change_if_removed(j, indptr, indices, histogram, pooled, log_q, divergence, n_log_n, without)
     return out
 
 
 @numba.njit(cache=True)
-def _walk(order, indptr, indices, histogram, pooled, log_q, divergence):
+def _walk(order, indptr, indices, histogram, pooled, log_q, divergence, n_log_n):
     n = len(histogram)
     removed = np.zeros(n, np.bool_)
+    without = np.empty(histogram.shape[1], np.int64)
     for j in order:
-        if _change_if_removed(j, indptr, indices, histogram, pooled, log_q, divergence) >= 0:
+        if _change_if_removed(j, indptr, indices, histogram, pooled, log_q, divergence, n_log_n, without) >= 0:
             break
         removed[j] = True
         for k in range(indptr[j], indptr[j + 1]):
             v = indices[k]
             pooled[v] -= histogram[j]
-            divergence[v] = _divergence(pooled[v], log_q[v])
+            divergence[v] = _divergence(pooled[v], log_q[v], n_log_n)
     return removed, divergence.sum()
