@@ -179,7 +179,18 @@ def _filter(integration: Integration, experiment) -> None:
     """The statistical filter, in place: excluded rows move to the excluded table."""
     from ..integration.bragg_filter import apply_statistical_filter  # noqa: PLC0415
 
-    diffuse, excluded, summary = apply_statistical_filter(integration.diffuse, integration.excluded)
+    rows = integration.diffuse
+    diffuse, excluded, summary = apply_statistical_filter(rows, integration.excluded)
+    overflowing = sum(w["overflow"] for w in summary["per_wedge"].values())
+    if len(rows.get("H", [])) and overflowing > 0.5 * len(rows["H"]):
+        c_max = rows["count_histogram"].shape[1] - 1
+        mean = float(rows["counts"].sum() / max(rows["pixels"].sum(), 1))
+        message = (f"the statistical Bragg filter found counts above c_max = {c_max} in {overflowing} of "
+                   f"{len(rows['H'])} voxel-wedge rows (this data has {mean:.3g} counts per pixel-frame on "
+                   "average): it is made for low-count data; use --bragg-mask peak-cloud")
+        if not len(diffuse.get("H", [])):
+            raise GridError(message)
+        logger.warning(message)
     crystal = experiment.sweeps[0].crystal
     metric = crystal.A.T @ crystal.A
     summary["shells"] = _moved_per_shell(integration.diffuse, summary["moved_keys"], metric, integration.ndiv)

@@ -76,3 +76,14 @@ def test_the_map_is_as_close_to_the_truth_as_with_the_peak_cloud(low_dose):
     for a, b in zip(accuracy["statistical"]["shells"], accuracy["peak-cloud"]["shells"]):
         assert a["cc"] >= b["cc"] - 0.03, (a, b)
     assert accuracy["statistical"]["overall_cc"] >= accuracy["peak-cloud"]["overall_cc"] - 0.02
+
+
+def test_high_count_data_is_refused_with_a_reason(tiny_dataset, tmp_path, capsys):
+    """The tiny preset has hundreds of counts per pixel-frame: every voxel has counts above
+    c_max = 20, so the filter would exclude everything; the run says why and leaves nothing."""
+    out = tmp_path / "out"
+    assert main(["process", "--no-report", "--xds", str(tiny_dataset), "-o", str(out), "--device", "cpu",
+                 "--scale", "none", "--bragg-mask", "statistical"]) == 1
+    err = capsys.readouterr().err
+    assert "counts above c_max = 20 in" in err and "use --bragg-mask peak-cloud" in err
+    assert not out.exists()
