@@ -46,7 +46,11 @@ def test_process_writes_a_report_with_every_figure(tiny_processed):
 
 
 def test_report_subcommand_replaces_its_own_report_only(processed_copy, capsys):
+    from gpudiffuse.steps.report import _ours
+
+    assert _ours(str(processed_copy))  # the report process wrote: replaced by `report` without asking
     (processed_copy / "report.html").write_text("<html>my own notes</html>")
+    assert not _ours(str(processed_copy))
     assert main(["report", str(processed_copy)]) == 1
     assert "were not written by gpudiffuse; pass --overwrite" in capsys.readouterr().err
     assert (processed_copy / "report.html").read_text() == "<html>my own notes</html>"
@@ -55,7 +59,6 @@ def test_report_subcommand_replaces_its_own_report_only(processed_copy, capsys):
     assert "report.html" in capsys.readouterr().out
     assert (processed_copy / "report" / "statistics.png").stat().st_mtime_ns > before
     check_report(processed_copy)
-    assert main(["report", str(processed_copy)]) == 0  # its own report: replaced without being asked
     # a step written again makes the report out of date: it goes with the step files made from it
     assert main(["merge", str(processed_copy), "--outlier-k", "4", "--overwrite"]) == 0
     assert not (processed_copy / "report.html").exists() and not (processed_copy / "report").exists()
