@@ -62,14 +62,14 @@ def main(argv=None):
 
     with h5py.File(os.path.join(out, "merged.nxs")) as f:
         merged = {k: f["entry/merged"][k][()] for k in ("h", "k", "l", "intensity", "sigma", "n", "s")}
-    with h5py.File(os.path.join(out, "integrate.nxs")) as f:
-        rows = int(f["entry/observations/rate"].size)
-        table_mb = sum(d.size * d.dtype.itemsize for d in f["entry/observations"].values()) / 2**20
+    with h5py.File(os.path.join(out, "integrate.nxs")) as f:  # the raw accumulator rows of the diffuse pixels
+        rows = int(f["entry/diffuse/H"].size)
+        table_mb = sum(d.size * d.dtype.itemsize for d in f["entry/diffuse"].values()) / 2**20
     accuracy = compare_with_truth(merged, load_model(args.data), (3, 3, 3))
     shutil.rmtree(out)
     result = {**provenance("end_to_end", "cpu"), "preset": args.preset, "process_command": "gpudiffuse " + " ".join(command),
               "wall_s_including_python_start": round(wall, 2), **figures,
-              "observation_rows": rows, "observation_table_mb": round(table_mb, 1),
+              "diffuse_rows": rows, "diffuse_rows_mb": round(table_mb, 1),
               "cc_with_truth_overall": round(float(accuracy["overall_cc"]), 5),
               "log_tail": child.stderr.strip().splitlines()[-12:]}
     write_result(args.out, result)
