@@ -171,7 +171,7 @@ def integration_parameters(args):
 
     return IntegrationParameters(ndiv=tuple(args.ndiv), dmin=args.dmin, wedge_degrees=args.wedge,
                                  wedge_frames=args.wedge_frames, frames=tuple(args.frames) if args.frames else None,
-                                 air=not args.no_air)
+                                 air=not args.no_air, histogram_max=getattr(args, "filter_max_count", None))
 
 
 def peak_parameters(args):
@@ -224,6 +224,9 @@ def add_bragg_mask(p):
                         "Poisson next to their neighbours (DESIGN §7; needs no peak model and no indexing of "
                         "strong pixels; voxels of the integration grid, windows of radius 2 voxels, counts "
                         "0-20 histogrammed); both; none")
+    g.add_argument("--filter-max-count", type=COUNT, metavar="C",
+                   help="statistical filter: histogram pixel counts 0…C per voxel (default 20); voxels with a count "
+                        "above C are excluded, so C must lie above the diffuse counts per pixel-frame")
     g.add_argument("--no-bragg-mask", action="store_true", help="the same as --bragg-mask none")
     return g
 

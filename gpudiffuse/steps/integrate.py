@@ -61,6 +61,8 @@ class IntegrateParameters:
         object.__setattr__(self, "bragg_mask", bragg_mask_method(self.bragg_mask))
         if self.statistical and self.integration.histogram_max is None:  # the filter needs the histograms
             object.__setattr__(self, "integration", replace(self.integration, histogram_max=DEFAULT_HISTOGRAM_MAX))
+        elif not self.statistical and self.integration.histogram_max is not None:  # nothing would use them
+            object.__setattr__(self, "integration", replace(self.integration, histogram_max=None))
 
     @property
     def peak_cloud(self) -> bool:
@@ -187,7 +189,8 @@ def _filter(integration: Integration, experiment) -> None:
         mean = float(rows["counts"].sum() / max(rows["pixels"].sum(), 1))
         message = (f"the statistical Bragg filter found counts above c_max = {c_max} in {overflowing} of "
                    f"{len(rows['H'])} voxel-wedge rows (this data has {mean:.3g} counts per pixel-frame on "
-                   "average): it is made for low-count data; use --bragg-mask peak-cloud")
+                   "average): it is made for low-count data; use --bragg-mask peak-cloud, or a --filter-max-count above "
+                   "the diffuse counts per pixel-frame")
         if not len(diffuse.get("H", [])):
             raise GridError(message)
         logger.warning(message)
