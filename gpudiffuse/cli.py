@@ -9,7 +9,7 @@ import os
 import sys
 
 from . import __version__
-from .errors import GpudiffuseError
+from .errors import GpudiffuseError, UsageError
 from .cli_options import (COUNT, STEP_COMMANDS, add_geometry, add_out, add_output_options, add_processing,
                           bragg_mask_choice, engines, import_parameters, integration_parameters, merge_parameters,
                           peak_parameters, process_parameters, scale_options)
@@ -270,7 +270,7 @@ def main(argv=None) -> int:
         COMMANDS[args.command](args)
     except GpudiffuseError as exc:
         print(f"gpudiffuse {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, UsageError) else 1  # 2: options that cannot work, 1: the data
     return 0
 
 

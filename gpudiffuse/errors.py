@@ -11,6 +11,7 @@ __all__ = [
     "DeviceError",
     "OutputError",
     "StepInputError",
+    "UsageError",
 ]
 
 
@@ -52,3 +53,7 @@ class OutputError(GpudiffuseError):
 
 class StepInputError(GpudiffuseError):
     """A step's input file (an earlier step's output) is missing, unfinished or out of date."""
+
+
+class UsageError(GpudiffuseError):
+    """Options that cannot work together or name an impossible output; the command exits with 2."""

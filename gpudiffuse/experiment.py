@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 import h5py
 import numpy as np
 
-from .errors import GeometryError, MaskError
+from .errors import GeometryError, MaskError, UsageError
 from .geometry.dials import load_dials
 from .geometry.model import Sweep
 from .geometry.serialize import read_sweeps, write_sweep_group
@@ -49,7 +49,7 @@ class ImportParameters:
     def __post_init__(self):
         object.__setattr__(self, "expt", tuple(str(p) for p in self.expt))
         if bool(self.xds) == bool(self.expt):
-            raise GeometryError("give exactly one geometry source: --xds DIR or --expt FILE [FILE ...]")
+            raise UsageError("give exactly one geometry source: --xds DIR or --expt FILE [FILE ...]")
         if self.xds and not os.path.isdir(self.xds):
             raise GeometryError(f"XDS directory {self.xds} does not exist")
         for path in self.expt:

@@ -37,10 +37,10 @@ def test_parser_needs_no_data():
     assert args.expt == ["a.expt", "b.expt"] and args.xds is None
 
 
-def _expect_failure(capsys, tmp_path, args, *fragments):
+def _expect_failure(capsys, tmp_path, args, *fragments, code_wanted=1):
     out = tmp_path / "out"
     code, _, err = run_import(capsys, *args, "-o", str(out))
-    assert code == 1, err
+    assert code == code_wanted, err
     for fragment in fragments:
         assert fragment in err, err
     assert not out.exists(), "no partial output may be left behind"
@@ -98,7 +98,7 @@ def test_json_that_is_not_an_experiment_list(tmp_path, capsys):
 
 
 def test_both_or_neither_geometry_source(tiny_dataset, tmp_path, capsys):
-    _expect_failure(capsys, tmp_path, [], "exactly one geometry source")
+    _expect_failure(capsys, tmp_path, [], "exactly one geometry source", code_wanted=2)  # a usage error
 
 
 def _edit_line(path, number, old, new):

@@ -186,11 +186,11 @@ def test_output_path_faults_are_named_before_any_work(tiny_dataset, tmp_path, ca
              ("", "-o is empty")]
     for out, message in cases:
         code, _, err = run(capsys, "--xds", str(tiny_dataset), "-o", out, "--device", "cpu")
-        assert code == 1 and message in err and "Traceback" not in err
+        assert code == 2 and message in err and "Traceback" not in err  # usage errors exit with 2
     assert a_file.read_text() == "user data" and sorted(os.listdir(tmp_path)) == ["a_file"]
     monkeypatch.setattr(os, "access", lambda path, mode: False)  # as a user without write permission
     code, _, err = run(capsys, "--xds", str(tiny_dataset), "-o", str(tmp_path / "new"), "--device", "cpu")
-    assert code == 1 and f"-o {tmp_path / 'new'}: no permission to write in {tmp_path}" in err
+    assert code == 2 and f"-o {tmp_path / 'new'}: no permission to write in {tmp_path}" in err
     assert not (tmp_path / "new").exists()
 
 

@@ -96,7 +96,7 @@ def test_export_refuses_to_overwrite_and_names_bad_choices(processed_copy, capsy
     assert main(["export", str(processed_copy), "--format", "ccp4", "--unmeasured", "-1", "--overwrite"]) == 0
     intensity, _, axes = _map(processed_copy)
     _check_ccp4(processed_copy / "map.ccp4", intensity, axes, (3, 3, 3), None, -1.0)
-    assert main(["export", str(processed_copy), "--format", "vtk", "--source", "bragg"]) == 1
+    assert main(["export", str(processed_copy), "--format", "vtk", "--source", "bragg"]) == 2
     assert "--source bragg: only --format mtz" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["export", str(processed_copy), "--format", "pdb"])

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import DeviceError, ImageError
+from ..errors import DeviceError, ImageError, UsageError
 from .driver import integrate_sweep
 from .pixels import prepare_pixels
 from .record import IntegrationResult
@@ -45,7 +45,7 @@ class Execution:
         if self.dask_workers is not None and self.dask_workers < 1:
             raise DeviceError(f"--dask-workers must be at least 1, got {self.dask_workers}")
         if self.scheduler and self.dask_workers:
-            raise DeviceError("give either --scheduler or --dask-workers, not both")
+            raise UsageError("give either --scheduler or --dask-workers, not both")
 
     @property
     def uses_dask(self) -> bool:

@@ -16,7 +16,7 @@ import glob
 import logging
 import os
 
-from ..errors import GpudiffuseError
+from ..errors import GpudiffuseError, UsageError
 from .nexus import WRITTEN
 
 __all__ = ["OutputFolder", "LOCK_NAME", "LOG_NAME"]
@@ -49,16 +49,16 @@ class OutputFolder:
         """The folder must exist or be makeable, in a place this user may write (one line if not)."""
         folder = self.path
         if not folder:
-            raise GpudiffuseError("-o is empty: name an output folder")
+            raise UsageError("-o is empty: name an output folder")
         if os.path.exists(folder) and not os.path.isdir(folder):
-            raise GpudiffuseError(f"-o {folder}: exists and is not a folder")
+            raise UsageError(f"-o {folder}: exists and is not a folder")
         ancestor = os.path.abspath(folder)
         while not os.path.exists(ancestor):
             ancestor = os.path.dirname(ancestor)
         if not os.path.isdir(ancestor):
-            raise GpudiffuseError(f"-o {folder}: {ancestor} is not a folder")
+            raise UsageError(f"-o {folder}: {ancestor} is not a folder")
         if not os.access(ancestor, os.W_OK | os.X_OK):
-            raise GpudiffuseError(f"-o {folder}: no permission to write in {ancestor}")
+            raise UsageError(f"-o {folder}: no permission to write in {ancestor}")
 
     def __enter__(self):
         self._check()

@@ -29,7 +29,7 @@ import gemmi
 import h5py
 import numpy as np
 
-from ..errors import GpudiffuseError
+from ..errors import GpudiffuseError, UsageError
 from ..io.nexus import atomic_file
 from .keys import stored_digest, step_path
 from .merge import INTENSITY_UNITS, load_merged
@@ -53,11 +53,11 @@ class ExportParameters:
 
     def __post_init__(self):
         if self.format not in FORMATS:
-            raise GpudiffuseError(f"--format {self.format}: unknown (one of {', '.join(FORMATS)})")
+            raise UsageError(f"--format {self.format}: unknown (one of {', '.join(FORMATS)})")
         if self.source not in SOURCES:
-            raise GpudiffuseError(f"--source {self.source}: unknown (diffuse or bragg)")
+            raise UsageError(f"--source {self.source}: unknown (diffuse or bragg)")
         if self.source == "bragg" and self.format != "mtz":
-            raise GpudiffuseError("--source bragg: only --format mtz exports the Bragg voxels (map.nxs holds the "
+            raise UsageError("--source bragg: only --format mtz exports the Bragg voxels (map.nxs holds the "
                                   "diffuse map)")
 
     def target(self, out: str) -> str:
