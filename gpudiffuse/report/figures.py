@@ -116,8 +116,13 @@ def _d_axis(ax, position, x_max):
     """A top axis labelled in d (Å) at round values, ``position(d)`` the bottom axis' coordinate."""
     top = ax.twiny()
     top.set_xlim(ax.get_xlim())
-    ticks = [d for d in (20, 10, 6, 5, 4, 3, 2.5, 2, 1.8, 1.6, 1.5, 1.4, 1.3, 1.2, 1.1, 1.0, 0.9, 0.8)
-             if position(d) <= x_max]
+    low, high = ax.get_xlim()
+    ticks = []
+    for d in (20, 10, 6, 5, 4, 3, 2.5, 2, 1.8, 1.6, 1.5, 1.4, 1.3, 1.2, 1.1, 1.0, 0.9, 0.8):
+        # round values inside the axis, none closer than 6 % of its width to the one before
+        inside = low <= position(d) <= min(x_max, high)
+        if inside and (not ticks or position(d) - position(ticks[-1]) > 0.06 * (high - low)):
+            ticks.append(d)
     top.set_xticks([position(d) for d in ticks], [f"{d:g}" for d in ticks], fontsize=8)
     top.set_xlabel("d (Å)", fontsize=8)
 
