@@ -56,7 +56,7 @@ def one_engine(args):
     from gpudiffuse.io.frames import FrameSource
 
     experiment, sweep, pixels, grid, search, absent, dmin, _ = _setup(args.data, tuple(args.ndiv))
-    params = IntegrationParameters(ndiv=tuple(args.ndiv), chunk_size=args.chunk)
+    params = IntegrationParameters(ndiv=tuple(args.ndiv), chunk_size=args.chunk, histogram_max=args.histogram)
     n = sweep.scan.num_frames
     frames = np.concatenate([c.data for c in FrameSource(sweep, chunk_size=16)]).reshape(n, -1)
     inverse = np.stack([np.linalg.inv(sweep.setting_matrix(z)) for z in range(n)])
@@ -92,7 +92,8 @@ def one_engine(args):
     driver_s = time.perf_counter() - t0
     pixel_frames = len(pixels) * n
     print(json.dumps({
-        "engine": args.one, "threads": _threads(args.one), "compile_s": round(compile_s, 2),
+        "engine": args.one, "histogram_max": args.histogram, "threads": _threads(args.one),
+        "compile_s": round(compile_s, 2),
         "engine_s": round(engine_s, 3), "engine_s_all": [round(t, 3) for t in times],
         "engine_frames_per_s": round(n / engine_s, 2),
         "engine_M_pixel_frames_per_s": round(pixel_frames / engine_s / 1e6, 2),
@@ -120,6 +121,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3, help="engine-only runs (median reported)")
     parser.add_argument("--engines", nargs="+", default=None, help="default: every engine available here")
     parser.add_argument("--out", help="JSON result file")
+    parser.add_argument("--histogram", type=int, metavar="C",
+                        help="also collect count histograms 0…C per voxel (the statistical filter's input)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -136,8 +139,10 @@ def main(argv=None):
     engines = args.engines or available_engines()
     rows = []
     for engine in engines:
+        histogram = ["--histogram", str(args.histogram)] if args.histogram is not None else []
         child = subprocess.run([sys.executable, __file__, "--data", args.data, "--ndiv", *map(str, args.ndiv),
-                                "--chunk", str(args.chunk), "--repeats", str(args.repeats), "--one", engine], capture_output=True, text=True)
+                                "--chunk", str(args.chunk), "--repeats", str(args.repeats), "--one", engine, *histogram],
+                               capture_output=True, text=True)
         if child.returncode != 0:
             raise SystemExit(f"engine {engine} failed:\n{child.stderr}")
         rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
