@@ -287,6 +287,11 @@ class Crystal:
         return gemmi.UnitCell(*lengths, angle(axes[1], axes[2]), angle(axes[0], axes[2]), angle(axes[0], axes[1]))
 
     @property
+    def reciprocal_metric(self) -> np.ndarray:
+        """G* = AᵀA (1/Å²): |s|² = hᵀ G* h for fractional Miller indices h."""
+        return self.A.T @ self.A
+
+    @property
     def reciprocal_volume(self) -> float:
         """V* = 1/V (1/Å³)."""
         return abs(np.linalg.det(self.A))

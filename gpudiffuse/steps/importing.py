@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from dataclasses import asdict
 from types import SimpleNamespace
 
 from ..errors import GpudiffuseError, StepInputError
 from ..experiment import Experiment, ImportParameters, import_experiment, read_experiment, write_experiment
 from ..io.fingerprint import input_fingerprint
-from ..io.nexus import normalised_parameters, read_parameters, step_elapsed
-from .keys import make_key, remove_stale_downstream, should_run, step_path, stored_digest
+from ..io.nexus import normalised_parameters
+from .keys import cached_step, make_key, step_path, stored_key
 
 __all__ = ["run_import", "load_experiment", "import_key"]
 
@@ -44,25 +43,21 @@ def _previous(path):
 
 def run_import(params: ImportParameters, out: str, overwrite: bool = False) -> Experiment:
     """Import into ``OUT/experiment.nxs``, or reuse it when parameters and input files are unchanged."""
-    path = step_path(out, "import")
-    previous = _previous(path)
+    previous = _previous(step_path(out, "import"))
     inputs = None if previous is None else input_fingerprint(params, previous)
-    if not should_run(path, import_key(params, inputs), overwrite):
-        return previous
-    start = time.perf_counter()
-    experiment = import_experiment(params)
-    with step_elapsed(time.perf_counter() - start):
+
+    def write(path, experiment, _):  # the key stored holds the fingerprint of what was imported
         write_experiment(experiment, path, import_key(params, input_fingerprint(params, experiment)), overwrite=True)
-    remove_stale_downstream(out, "import")
-    return experiment
+
+    return cached_step(out, "import", import_key(params, inputs), overwrite, lambda: import_experiment(params), write,
+                       lambda path: previous)
 
 
 def load_experiment(out: str, check_inputs: bool = False) -> Experiment:
     """``OUT/experiment.nxs`` for a step run on its own. With ``check_inputs`` (steps that read the
     frames), refuse when the geometry files or frames changed since the import."""
     path = step_path(out, "import")
-    stored_digest(out, "import")  # names a missing, unfinished or foreign file
-    key = read_parameters(path)
+    key = stored_key(out, "import")  # names a missing, unfinished or foreign file
     experiment = read_experiment(path)
     if check_inputs and isinstance(key.get("parameters"), dict):
         now = input_fingerprint(SimpleNamespace(**key["parameters"]), experiment)

@@ -133,11 +133,11 @@ def run_integrate(out: str, params: IntegrateParameters, engines: EngineChoice =
     key = make_key("integrate", params.key_parameters(), reads)
     backend = backend or resolve_device(engines.device)
     execution = engines.execution(backend)
-    dmin = resolve_dmin(experiment, params.integration.dmin)
-    if params.background:
-        check_background(params.background, experiment)
 
-    def compute():
+    def compute():  # checked here, not when the file is reused: the background check reads its frames
+        dmin = resolve_dmin(experiment, params.integration.dmin)
+        if params.background:
+            check_background(params.background, experiment)
         peaks = (search or load_peaks(out)) if params.peak_cloud else None
         integration = _integrate(experiment, peaks, dmin, params, execution, progress)
         if params.statistical:
@@ -195,7 +195,7 @@ def _filter(integration: Integration, experiment) -> None:
             raise GridError(message)
         logger.warning(message)
     crystal = experiment.sweeps[0].crystal
-    metric = crystal.A.T @ crystal.A
+    metric = crystal.reciprocal_metric
     summary["shells"] = _moved_per_shell(integration.diffuse, summary["moved_keys"], metric, integration.ndiv)
     for d_max, d_min, fraction in zip(*(summary["shells"][k] for k in ("d_max", "d_min", "fraction_moved"))):
         logger.info("statistical filter: %6.2f–%5.2f Å: %5.2f %% of voxel-wedge rows excluded", d_max, d_min,
@@ -293,7 +293,7 @@ def observation_tables(experiment, integration: Integration, frame_scale: dict |
     and only voxels whose centre lies inside the resolution limit (a hard limit: pixels inside it
     reach voxels whose centres lie up to half a voxel beyond)."""
     crystal = experiment.sweeps[0].crystal
-    metric = crystal.A.T @ crystal.A
+    metric = crystal.reciprocal_metric
     volume, ndiv = crystal.reciprocal_volume, integration.ndiv
     tables = {}
     for name, least_pixels, least_counts in (("observations", min_pixels, min_counts), ("excluded", 1, 0)):

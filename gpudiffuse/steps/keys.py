@@ -25,7 +25,7 @@ import time
 from ..errors import OutputExistsError, StepInputError
 from ..io.nexus import normalised_parameters, read_parameters, step_elapsed
 
-__all__ = ["STEPS", "STEP_FILES", "step_path", "make_key", "stored_digest", "should_run", "cached_step",
+__all__ = ["STEPS", "STEP_FILES", "step_path", "make_key", "stored_key", "stored_digest", "should_run", "cached_step",
            "remove_stale_downstream"]
 
 logger = logging.getLogger(__name__)
@@ -49,6 +49,11 @@ def key_digest(key: dict) -> str:
 
 def stored_digest(out: str, step: str) -> str:
     """The digest of the key stored in ``OUT/<step file>``; a missing or unreadable file is named."""
+    return key_digest(stored_key(out, step))
+
+
+def stored_key(out: str, step: str) -> dict:
+    """The key stored in ``OUT/<step file>``, refusing a missing, unfinished or foreign file."""
     path = step_path(out, step)
     key = read_parameters(path) if os.path.exists(path) else None
     if key is None:
@@ -57,7 +62,7 @@ def stored_digest(out: str, step: str) -> str:
     if not _current_format(key, step):
         raise StepInputError(f"{path} was written by an older gpudiffuse or by another step: run `gpudiffuse "
                              f"{COMMANDS[step]} --overwrite` (or `gpudiffuse process --overwrite`)")
-    return key_digest(key)
+    return key
 
 
 def _current_format(key, step: str) -> bool:

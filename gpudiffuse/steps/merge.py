@@ -60,7 +60,7 @@ def run_merge(out: str, params: MergeParameters = MergeParameters(), overwrite: 
                                             "scale": stored_digest(out, "scale")})
 
     def compute():
-        result = scale or read_scale(step_path(out, "scale"), experiment, integration)
+        result = scale or read_scale(step_path(out, "scale"))
         return merge_tables(experiment, scaled_tables(experiment, integration, result), integration.ndiv, params,
                             result.parameters.mode)
 
@@ -71,7 +71,7 @@ def run_merge(out: str, params: MergeParameters = MergeParameters(), overwrite: 
 def merge_tables(experiment, tables: dict, ndiv, params: MergeParameters, scale_mode: str) -> MergeResult:
     crystal = experiment.sweeps[0].crystal
     space_group = experiment.space_group
-    metric = crystal.A.T @ crystal.A
+    metric = crystal.reciprocal_metric
     merged, stats, rejected = merge(tables["observations"], space_group, ndiv, metric, params)
     if not len(merged["intensity"]):
         raise GridError("no voxel was observed: check --dmin, the mask and the frame range")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import h5py
 import numpy as np
@@ -60,6 +60,7 @@ class ScaleResult:
     fit: object | None = None
     frame_scale: dict = field(default_factory=dict)
     tables: dict | None = None
+    s_range: tuple | None = None   # |s| range of c's nodes, to rebuild a stored model's design
 
 
 def run_scale(out: str, params: ScaleStepParameters = ScaleStepParameters(), overwrite: bool = False,
@@ -82,7 +83,7 @@ def run_scale(out: str, params: ScaleStepParameters = ScaleStepParameters(), ove
 
     return cached_step(out, "scale", key, overwrite, compute,
                        lambda path, result, k: write_scale(path, result, k, backend),
-                       lambda path: read_scale(path, experiment, integration))
+                       read_scale)
 
 
 def scaled_tables(experiment, integration, result: ScaleResult) -> dict:
@@ -93,10 +94,14 @@ def scaled_tables(experiment, integration, result: ScaleResult) -> dict:
                                                  p.min_counts)
     if result.fit is None:
         return {"observations": tables["observations"], "excluded": tables["excluded"], "unscaled": None}
+    fit = result.fit
+    if fit.design is None:  # a model read from scale.nxs: its design is rebuilt for the table only now
+        design = _scale_design(experiment, tables["observations"], integration.ndiv, p.options, result.s_range)[0]
+        fit = replace(fit, design=design)
     excluded = tables["excluded"]
     if excluded:
-        excluded = apply_scales_to_other(experiment, excluded, result.fit, integration.ndiv, p.options)
-    return {"observations": apply_scales(tables["observations"], result.fit), "excluded": excluded,
+        excluded = apply_scales_to_other(experiment, excluded, fit, integration.ndiv, p.options)
+    return {"observations": apply_scales(tables["observations"], fit), "excluded": excluded,
             "unscaled": tables["observations"]}
 
 
@@ -178,8 +183,9 @@ def _write_model(entry, fit):
     g.attrs["s_range"] = np.asarray(fit.design.ranges["s"], dtype=np.float64)
 
 
-def read_scale(path, experiment, integration) -> ScaleResult:
-    """The ScaleResult stored in a scale.nxs, the model's design rebuilt for the table it was fitted to."""
+def read_scale(path) -> ScaleResult:
+    """The ScaleResult stored in a scale.nxs. A model comes without its design (None): that needs
+    the observation table, and ``scaled_tables`` rebuilds it only when the scales are applied."""
     from ..io.nexus import read_parameters  # noqa: PLC0415
 
     stored = read_parameters(path)["parameters"]
@@ -189,17 +195,16 @@ def read_scale(path, experiment, integration) -> ScaleResult:
         entry = handle["entry"]
         frame_scale = {int(k.split("_")[1]): v[()] for k, v in entry["frame_scale"].items()} \
             if "frame_scale" in entry else {}
-        tables = observation_tables(experiment, integration, frame_scale, params.min_pixels, params.min_counts)
-        fit = _read_model(entry["model"], experiment, tables["observations"], integration.ndiv, options) \
-            if "model" in entry else None
-    return ScaleResult(params, fit, frame_scale, tables)
+        if "model" not in entry:
+            return ScaleResult(params, None, frame_scale)
+        g = entry["model"]
+        return ScaleResult(params, _read_model(g), frame_scale, None, tuple(g.attrs["s_range"]))
 
 
-def _read_model(g, experiment, table, ndiv, options):
+def _read_model(g):
     from ..scaling.fit import RoundReport, ScaleFit  # noqa: PLC0415
     from ..scaling.model import ASurface, BScale, COffset, DRegions, ScaleParams  # noqa: PLC0415
 
-    design, _, _ = _scale_design(experiment, table, ndiv, options, tuple(g.attrs["s_range"]))
     values = ScaleParams(BScale(g["b"][()]), COffset(g["c"][()]), ASurface(g["a"][()]), DRegions(g["d"][()]))
     sigmas = ScaleParams(BScale(g["b_sigma"][()]), COffset(g["c_sigma"][()]), ASurface(g["a_sigma"][()]),
                          DRegions(g["d_sigma"][()])) if "b_sigma" in g else None
@@ -209,7 +214,7 @@ def _read_model(g, experiment, table, ndiv, options):
         rounds = [RoundReport(None if np.isnan(r["k"][i]) else float(r["k"][i]), int(r["rejected"][i]),
                               int(r["iterations"][i]), float(r["chi2"][i]), float(r["loss"][i]),
                               bool(r["converged"][i]), bool(r["skipped"][i])) for i in range(len(r["k"]))]
-    return ScaleFit(values, design, json.loads(g.attrs["penalty_weights"]), list(g["loss_history"][()]),
+    return ScaleFit(values, None, json.loads(g.attrs["penalty_weights"]), list(g["loss_history"][()]),
                     float(g.attrs["chi2_before"]), float(g.attrs["chi2_after"]),
                     float(g.attrs.get("penalty_after", np.nan)), int(g.attrs["iterations"]),
                     bool(g.attrs["converged"]), int(g.attrs["rejected"]), str(g.attrs["method"]), sigmas, rounds)
@@ -222,7 +227,7 @@ def cc_half_before_after(experiment, integration, result: ScaleResult) -> str:
 
     tables = scaled_tables(experiment, integration, result)
     crystal = experiment.sweeps[0].crystal
-    metric = crystal.A.T @ crystal.A
+    metric = crystal.reciprocal_metric
     unscaled = tables["unscaled"] if tables["unscaled"] is not None else tables["observations"]
     before = merge(unscaled, experiment.space_group, integration.ndiv, metric)[1]
     after = merge(tables["observations"], experiment.space_group, integration.ndiv, metric)[1]
@@ -237,5 +242,5 @@ def load_scaled_observations(out: str) -> dict:
     the merge step merges)."""
     experiment, integration = load_experiment(out), load_integration(out)
     stored_digest(out, "scale")  # names a missing or unfinished file
-    result = read_scale(step_path(out, "scale"), experiment, integration)
+    result = read_scale(step_path(out, "scale"))
     return scaled_tables(experiment, integration, result)["observations"]
