@@ -10,8 +10,8 @@ import sys
 
 from . import __version__
 from .errors import GpudiffuseError, UsageError
-from .cli_options import (COUNT, STEP_COMMANDS, add_geometry, add_out, add_output_options, add_processing,
-                          bragg_mask_choice, engines, import_parameters, integration_parameters, merge_parameters,
+from .cli_options import (COUNT, STEP_COMMANDS, absolute_parameters, add_geometry, add_out, add_output_options,
+                          add_processing, bragg_mask_choice, engines, import_parameters, integration_parameters, merge_parameters,
                           peak_parameters, process_parameters, scale_options)
 from .io.output_folder import OutputFolder
 
@@ -48,10 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add_command("simulate", help="write a simulated dataset with known truth",
                        description="Write CBF frames, XDS.INP, GXPARM.XDS, a DIALS .expt and truth.h5 to OUTDIR.")
     p.add_argument("outdir")
-    p.add_argument("--preset", default="small", choices=["tiny", "small", "scaling", "1m", "p6m"],
+    p.add_argument("--preset", default="small", choices=["tiny", "small", "scaling", "1m", "p6m", "absolute"],
                    help="tiny: 487x195, 12 frames; small: Pilatus 300K, 60 frames; scaling: two 40-frame sweeps "
                         "with absorption, module factors and an additive offset (DIALS .expt only); "
-                        "1m: Pilatus 1M, 120 frames of 0.5°, P212121; p6m: Pilatus 6M, 50 frames of 0.1°")
+                        "1m: Pilatus 1M, 120 frames of 0.5°, P212121; p6m: Pilatus 6M, 50 frames of 0.1°; "
+                        "absolute: 487x195, 60 frames of 1°, intensities in electron units per cell of the composition "
+                        "C1950 N540 O600 S16 H3100 plus 50 %% bulk water (k = 1/8000)")
     p.add_argument("--frames", type=COUNT, help="number of frames (default from the preset)")
     p.add_argument("--format", default="cbf", choices=["cbf", "eiger"],
                    help="cbf: one Pilatus CBF per frame (default); eiger: an NXmx master file linking "
@@ -113,6 +115,12 @@ def _report(result, format_statistics):
         print(fit.summary())
     print(f"merged {len(result['merged']['intensity'])} ASU voxels to {result['dmin']:.3f} Å "
           f"({result['rejected']} outlier observations rejected)")
+    if result.get("absolute") is not None:
+        from .steps.absolute import format_k_table  # noqa: PLC0415
+
+        print(result["absolute"].inventory_summary)
+        print(format_k_table(result["absolute"]))
+    print(f"intensities in {result['units']}")
     print(format_statistics(result["statistics"]))
     print(f"written {result['out']}/merged.nxs and {result['out']}/map.nxs"
           + (f"; the report: {result['report']['html']}" if result.get("report") else ""))
@@ -159,6 +167,18 @@ def _run_scale(args):
     print(cc_half_before_after(experiment, integration, result))
     print(f"written {os.path.join(args.out, 'scale.nxs')}; run `gpudiffuse merge -o {args.out}` and "
           f"`gpudiffuse map -o {args.out}` for the map")
+
+
+def _run_absolute(args):
+    from .steps.absolute import format_k_table, run_absolute  # noqa: PLC0415
+
+    params = absolute_parameters(args)
+    with OutputFolder(args.out, log=True):
+        result = run_absolute(args.out, params, args.overwrite)
+    print(result.inventory_summary)
+    print(format_k_table(result))
+    print(f"written {os.path.join(args.out, 'absolute.nxs')}; run `gpudiffuse merge -o {args.out}` and "
+          f"`gpudiffuse map -o {args.out}` for the map in electron units per unit cell")
 
 
 def _run_merge(args):
@@ -237,7 +257,7 @@ def _run_import(args):
 
 
 COMMANDS = {"simulate": _run_simulate, "import": _run_import, "find-peaks": _run_find_peaks,
-            "integrate": _run_integrate, "scale": _run_scale, "merge": _run_merge, "map": _run_map,
+            "integrate": _run_integrate, "scale": _run_scale, "absolute": _run_absolute, "merge": _run_merge, "map": _run_map,
             "export": _run_export, "report": _run_report,
             "process": _run_process, "demo": _run_demo}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from .errors import UsageError
 from .integration.pixels import DEFAULT_WEDGE_DEGREES
 
 
@@ -80,6 +81,7 @@ def add_processing(p):
     add_bragg_mask(p)
     add_peaks(p)
     add_merging(p)
+    add_absolute(p, required=False)
     p.add_argument("--overwrite", action="store_true",
                    help="replace outputs made with other parameters (and remove the files made from them)")
 
@@ -158,6 +160,36 @@ def add_scaling(p):
                         "removing c's frame-independent part (use when b changes faster than c's frame nodes follow)")
 
 
+def add_absolute(p, required=True):
+    g = p.add_argument_group("absolute scale (DESIGN §12)" + ("" if required else
+                             ": with --model or --composition, intensities in electron units per unit cell"))
+    g.add_argument("--model", metavar="FILE",
+                   help="PDB or mmCIF model of the crystal: its atoms (occupancies, all copies in the cell, "
+                        "hydrogens added from the residue table) and ordered waters; its cell and Laue group must "
+                        "agree with the data's (3 %% / 3°)")
+    g.add_argument("--composition", metavar="FORMULA",
+                   help='atoms per copy, e.g. "C1500 N400 O450 S10 H2400" (added to --model\'s atoms if both)')
+    g.add_argument("--copies", type=positive, default=1.0, help="copies of --composition per unit cell (default 1)")
+    g.add_argument("--solvent-fraction", type=float, metavar="F",
+                   help="volume fraction of the cell filled with bulk water, 0 to <1 (default: 1 − 1.23/V_M from "
+                        "the mass of the inventory, Matthews; the model's ordered waters are part of it)")
+    g.add_argument("--s-cutoff", type=positive, metavar="S",
+                   help="S_c in 1/Å (s = 2 sin θ / λ) up to which the sum rule is integrated (default 0.7 or "
+                        "the data limit if lower)")
+
+
+def absolute_parameters(args, required=True):
+    """AbsoluteParameters, or None when neither --model nor --composition was given (process)."""
+    from .steps.absolute import AbsoluteParameters  # noqa: PLC0415
+
+    if not required and not args.model and not args.composition:
+        for option in ("copies", "solvent_fraction", "s_cutoff"):
+            if getattr(args, option) not in (None, 1.0):
+                raise UsageError(f"--{option.replace('_', '-')} needs --model or --composition")
+        return None
+    return AbsoluteParameters(args.model, args.composition, args.copies, args.solvent_fraction, args.s_cutoff)
+
+
 def scale_options(args):
     from .scaling import ScaleOptions  # noqa: PLC0415
 
@@ -200,7 +232,8 @@ def process_parameters(args):
         merging=merge_parameters(args), scaling=scale_options(args), device=args.device,
         background=args.background, engine=args.engine, nproc=args.nproc, scheduler=args.scheduler,
         dask_workers=args.dask_workers, bragg_mask=bragg_mask_choice(args),
-        scale="none" if args.no_scale else args.scale, min_pixels=args.min_pixels, min_counts=args.min_counts)
+        scale="none" if args.no_scale else args.scale, min_pixels=args.min_pixels, min_counts=args.min_counts,
+        absolute=absolute_parameters(args, required=False))
 
 
 def import_parameters(args):
@@ -261,6 +294,12 @@ STEP_COMMANDS = {
               "Fit I_obs ≈ a(ix,iy,z)·d(region)·[b(z)·I + c(|s|,z)] to the observation table of OUT/integrate.nxs "
               "and write OUT/scale.nxs (χ² before/after, the model); prints CC½ per shell before and after. Then "
               "`merge` and `map` make the new map.", (add_table, add_scaling)),
+    "absolute": ("absolute.nxs", "put the scaled intensities on an absolute scale (electron units per cell)",
+                 "From the unit-cell contents (--model and/or --composition, plus bulk water) and the sum rule of "
+                 "total scattering, find k = I_theo(S_c)/I_obs(S_c) from the scaled diffuse and Bragg intensities "
+                 "of OUT and write OUT/absolute.nxs (k against S_c, the shell profiles, the inventory). `merge` "
+                 "then writes k·I − I_inc(|s|) in electron units per unit cell; delete absolute.nxs to go back to "
+                 "relative units.", (add_absolute,)),
     "merge": ("merged.nxs", "merge the scaled observations into OUT/merged.nxs",
               "Apply OUT/scale.nxs to OUT/integrate.nxs, merge into the asymmetric unit and write OUT/merged.nxs "
               "with per-shell statistics.", (add_merging,)),

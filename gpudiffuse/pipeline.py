@@ -1,5 +1,5 @@
 """Batch processing: the steps of ``gpudiffuse process`` chained (import → find peaks →
-integrate → scale → merge → map, DESIGN §13). Each step lives in ``gpudiffuse.steps``, owns its
+integrate → scale → [absolute] → merge → map, DESIGN §13). Each step lives in ``gpudiffuse.steps``, owns its
 file ``OUT/<step>.nxs`` and reuses it when its key is unchanged; this module only checks the
 whole run's options before any heavy work and passes each step what the previous ones made.
 """
@@ -17,6 +17,7 @@ from .integration.pixels import frame_list
 from .masking.peaks import PeakParameters
 from .merge import MergeParameters, check_grid_symmetry
 from .scaling import ScaleOptions
+from .steps.absolute import AbsoluteParameters, run_absolute
 from .steps.find_peaks import run_find_peaks
 from .steps.importing import run_import
 from .steps.integrate import EngineChoice, IntegrateParameters, run_integrate
@@ -50,6 +51,7 @@ class ProcessParameters:
     scale: str = "model"
     min_pixels: int = 1
     min_counts: int = 0
+    absolute: AbsoluteParameters | None = None   # the absolute scale, when a model or composition is given
 
     def __post_init__(self):
         self.scale_parameters()  # an unknown scale mode is refused here
@@ -110,6 +112,11 @@ def process(params: ProcessParameters, out: str, overwrite: bool = False, progre
     clock.step("scale")
     scale = run_scale(out, params.scale_parameters(), overwrite, progress, experiment, integration, backend)
 
+    absolute = None
+    if params.absolute is not None:
+        clock.step("absolute")
+        absolute = run_absolute(out, params.absolute, overwrite, experiment, integration, scale, backend)
+
     clock.step("merge")
     merged = run_merge(out, params.merging, overwrite, experiment, integration, scale, backend)
 
@@ -118,4 +125,4 @@ def process(params: ProcessParameters, out: str, overwrite: bool = False, progre
     clock.step(None)
     return {"merged": merged.merged, "statistics": merged.statistics, "rejected": merged.rejected, "dmin": dmin,
             "timings": clock.seconds, "peak_model": None if search is None else search.model, "out": out,
-            "scale_fit": scale.fit}
+            "scale_fit": scale.fit, "absolute": absolute, "units": merged.units}

@@ -36,6 +36,7 @@ import h5py
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from .simulate_absolute import AbsoluteUnits
 from .simulate_files import eiger_writer, frame_name, write_cbf, write_dials, write_xds
 
 __all__ = ["SimulationParameters", "PRESETS", "SimulatedModel", "simulate_dataset", "voxel_truth"]
@@ -88,6 +89,13 @@ class SimulationParameters:
     absorption: float = 0.0                    # amplitude of the smooth surface a(ix, iy, z)
     module_spread: float = 0.0                 # spread of the per-module factors d
     offset_level: float = 0.0                  # additive offset c(|s|, z) (intensity units)
+    anisotropy: tuple[float, float, float] = (2.5, 0.4, 1.0)  # of the diffuse envelope (1, 1, 1: isotropic)
+    # absolute units (simulate_absolute): atoms per unit cell, e.g. "C1950 N540 O600 S16 H3100", plus
+    # bulk water filling solvent_fraction of the cell; intensities are then e.u. per unit cell and
+    # scale is photons per e.u. per s per sr. Empty: arbitrary units.
+    composition: str = ""
+    solvent_fraction: float = 0.5
+    hole_radius: float = 0.45                  # Å⁻¹, where the F(000) deficit of the sum rule lies
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -104,6 +112,13 @@ PRESETS = {
                                sub_samples=3),
     "p6m": SimulationParameters(modules=(5, 12), n_frames=50, distance=250.0, dphi=0.1, sub_samples=2,
                                 cell=(60.0, 70.0, 80.0, 90.0, 90.0, 90.0)),
+    # absolute units (e.u. per cell, k = 1/scale = 1.25e-4), 1.4 Å at the corner, an isotropic envelope so that
+    # a partly observed shell still averages to the shell's mean, 60° so that enough reflections are
+    # recorded for their shell sums (with 12°, the Bragg part to 0.45 Å⁻¹ came out 5 % low by
+    # chance); no decay, so b = 1 exactly
+    "absolute": SimulationParameters(modules=(1, 1), n_frames=60, dphi=1.0, sub_samples=6, distance=55.0,
+                                     decay=0.0, scale=8000.0, bragg_width=0.0015, anisotropy=(1.0, 1.0, 1.0),
+                                     composition="C1950 N540 O600 S16 H3100"),
 }
 
 
@@ -124,6 +139,7 @@ class SimulatedModel:
     table_origin: np.ndarray = field(init=False)
     halo_weight: np.ndarray = field(init=False)
     bragg_weight: np.ndarray = field(init=False)
+    absolute: object = field(init=False)           # simulate_absolute.AbsoluteUnits, or None
 
     def __post_init__(self):
         p = self.params
@@ -146,7 +162,7 @@ class SimulatedModel:
         self.ops += [-r for r in self.ops]
         # reciprocal metric and a symmetrised anisotropic envelope
         gstar = self.A.T @ self.A
-        aniso = gstar * (p.diffuse_b_factor / 4) @ np.diag([2.5, 0.4, 1.0])
+        aniso = gstar * (p.diffuse_b_factor / 4) @ np.diag(p.anisotropy)
         self.envelope = sum(r @ aniso @ r.T for r in self.ops) / len(self.ops)
         # symmetric pseudo-random weights per integer reflection, allowed ones only
         dmin = self._dmin()
@@ -161,6 +177,7 @@ class SimulatedModel:
         # Wilson-like exponential amplitudes from the same symmetric uniform numbers
         wilson = -np.log(np.clip(1 - mean_hash, 1e-6, 1))
         self.bragg_weight = (np.where(allowed, wilson, 0.0)).reshape(shape)
+        self.absolute = AbsoluteUnits(self, 1 / dmin) if p.composition else None
 
     def _dmin(self) -> float:
         r = self.pixel_positions()[[0, 0, -1, -1], [0, -1, 0, -1]]
@@ -218,10 +235,14 @@ class SimulatedModel:
         delta_s = (hkl - g) @ self.A.T
         halo = self._lookup(self.halo_weight, g) * np.exp(-np.sum(delta_s**2, -1) / (2 * p.halo_width**2))
         env = np.exp(-np.einsum("...i,ij,...j->...", hkl, self.envelope, hkl))
+        if self.absolute is not None:
+            return self.absolute.diffuse_factor(np.linalg.norm(hkl @ self.A.T, axis=-1)) * env * (1.0 + p.halo_level * halo)
         return p.diffuse_level * env * (1.0 + p.halo_level * halo)
 
     def isotropic(self, s_norm) -> np.ndarray:
         p = self.params
+        if self.absolute is not None:
+            return self.absolute.isotropic(s_norm)
         ring = p.solvent_level * np.exp(-((s_norm - 1 / 3.2) ** 2) / (2 * 0.045**2))
         return ring + p.compton_level * (1 - np.exp(-3.0 * s_norm**2))
 
@@ -230,7 +251,10 @@ class SimulatedModel:
         g = np.rint(hkl).astype(np.int64)
         delta_s = (hkl - g) @ self.A.T
         s2 = np.sum((g @ self.A.T) ** 2, -1)
-        amp = p.bragg_level * self._lookup(self.bragg_weight, g) * np.exp(-p.b_factor * s2 / 4)
+        if self.absolute is not None:
+            amp = self.absolute.bragg_amplitude(self._lookup(self.bragg_weight, g), np.sqrt(s2), p.bragg_width)
+        else:
+            amp = p.bragg_level * self._lookup(self.bragg_weight, g) * np.exp(-p.b_factor * s2 / 4)
         return amp * np.exp(-np.sum(delta_s**2, -1) / (2 * p.bragg_width**2))
 
     def decay(self, z, sweep: int = 0) -> np.ndarray:

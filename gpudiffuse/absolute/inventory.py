@@ -22,12 +22,15 @@ import re
 from dataclasses import dataclass, field
 
 import gemmi
+import numpy as np
 
 from ..errors import GpudiffuseError
 
-__all__ = ["Inventory", "read_model", "parse_composition", "bulk_water", "WATER_VOLUME"]
+__all__ = ["Inventory", "read_model", "parse_composition", "bulk_water", "matthews_solvent_fraction",
+           "WATER_VOLUME"]
 
 WATER_VOLUME = 29.92  # Å³ per H₂O in liquid water (18.015 g/mol at 0.997 g/cm³)
+WATER_MASS = 18.015   # Da
 
 PDB_RECORDS = {
     "HEADER", "OBSLTE", "TITLE", "SPLIT", "CAVEAT", "COMPND", "SOURCE", "KEYWDS", "EXPDTA", "NUMMDL", "MDLTYP",
@@ -42,7 +45,8 @@ _TAG = re.compile(r"<[^>]*>")
 @dataclass
 class Inventory:
     """atoms: element symbol → atoms per unit cell; charge: net formal charge per cell (e);
-    source: where it came from; cell, space_group: of the model (None for a composition)."""
+    source: where it came from; cell, space_group: of the model (None for a composition);
+    waters: ordered water molecules per cell among the atoms (already counted in ``atoms``)."""
 
     atoms: dict
     charge: float = 0.0
@@ -50,6 +54,12 @@ class Inventory:
     cell: tuple | None = None
     space_group: str | None = None
     notes: list = field(default_factory=list)
+    waters: float = 0.0
+
+    @property
+    def mass(self) -> float:
+        """Da per unit cell."""
+        return sum(gemmi.Element(symbol).weight * n for symbol, n in self.atoms.items())
 
     @property
     def electrons(self) -> float:
@@ -61,7 +71,7 @@ class Inventory:
         for symbol, n in other.atoms.items():
             atoms[symbol] = atoms.get(symbol, 0.0) + n
         return Inventory(atoms, self.charge + other.charge, f"{self.source} + {other.source}", self.cell or other.cell,
-                         self.space_group or other.space_group, self.notes + other.notes)
+                         self.space_group or other.space_group, self.notes + other.notes, self.waters + other.waters)
 
     def summary(self) -> str:
         formula = " ".join(f"{s}{n:.6g}" for s, n in sorted(self.atoms.items(), key=lambda x: -x[1]))
@@ -126,7 +136,7 @@ def read_model(path: str) -> Inventory:
     if group is None:
         raise GpudiffuseError(f"--model {path}: no space group (CRYST1 record) to place the copies in the cell")
     copies = len(group.operations())
-    atoms, charge, added_h = {}, 0.0, 0.0
+    atoms, charge, added_h, waters = {}, 0.0, 0.0, 0.0
     for chain in structure[0]:
         previous_amino_acid = False
         for residue in chain:
@@ -139,6 +149,8 @@ def read_model(path: str) -> Inventory:
                 charge += atom.charge * atom.occ
                 has_h |= atom.is_hydrogen()
                 occupancy = max(occupancy, atom.occ)
+            if residue.is_water():
+                waters += occupancy
             amino_acid = info is not None and info.is_amino_acid()
             if not has_h and info is not None:
                 links = 2 if amino_acid and previous_amino_acid else 0  # a peptide bond takes H from N and O
@@ -149,7 +161,7 @@ def read_model(path: str) -> Inventory:
         notes.append(f"{added_h:.0f} hydrogens per asymmetric unit added from gemmi's residue table")
     atoms = {symbol: n * copies for symbol, n in atoms.items()}
     return Inventory(atoms, charge * copies, f"{os.path.basename(path)}, {copies} copies in {group.hm}",
-                     tuple(structure.cell.parameters), group.hm, notes)
+                     tuple(structure.cell.parameters), group.hm, notes, waters * copies)
 
 
 def parse_composition(text: str, copies: float = 1.0) -> Inventory:
@@ -168,10 +180,18 @@ def parse_composition(text: str, copies: float = 1.0) -> Inventory:
     return Inventory(atoms, 0.0, f"composition {text} × {copies:g}")
 
 
-def bulk_water(cell_volume: float, fraction: float) -> Inventory:
-    """Water filling ``fraction`` of a cell of ``cell_volume`` Å³."""
+def bulk_water(cell_volume: float, fraction: float, ordered: float = 0.0) -> Inventory:
+    """Water filling ``fraction`` of a cell of ``cell_volume`` Å³, less ``ordered`` water molecules
+    already in the inventory (never below zero)."""
     if not 0 <= fraction < 1:
         raise GpudiffuseError(f"--solvent-fraction {fraction}: must be at least 0 and below 1")
-    molecules = fraction * cell_volume / WATER_VOLUME
+    molecules = max(fraction * cell_volume / WATER_VOLUME - ordered, 0.0)
     return Inventory({"H": 2 * molecules, "O": molecules}, 0.0,
-                     f"bulk water, {100 * fraction:.0f} % of {cell_volume:.0f} Å³")
+                     f"bulk water, {100 * fraction:.1f} % of {cell_volume:.0f} Å³", waters=molecules)
+
+
+def matthews_solvent_fraction(inventory: Inventory, cell_volume: float) -> float:
+    """1 − 1.23/V_M (Matthews 1968), V_M = cell volume / mass of everything but the ordered
+    waters (Å³/Da; 1.23 = 1/(N_A ρ) for protein of density 1.35 g/cm³), clipped to [0, 0.9]."""
+    dry_mass = inventory.mass - inventory.waters * WATER_MASS
+    return float(np.clip(1 - 1.23 * dry_mass / cell_volume, 0.0, 0.9))

@@ -5,8 +5,9 @@
 * I_inc(s) = Σ n_el S_el(s): incoherent (Compton) scattering, ``xraylib.SF_Compt``.
 
 Convention: xraylib's momentum transfer is x = sin θ / λ (θ half the scattering angle, Å⁻¹), so
-x = s / 2 with s = |s| = 2 sin θ / λ of this program. At s = 0, f₀ = Z and S = 0 exactly
-(xraylib refuses x = 0).
+x = s / 2 with s = |s| = 2 sin θ / λ of this program. At s = 0, f₀ = Z and S = 0 exactly;
+below x = 0.001 Å⁻¹, where xraylib's tables start for most elements, both are continued from
+their value there as quadratics in x about s = 0 (both are even functions of x).
 """
 
 from __future__ import annotations
@@ -16,14 +17,22 @@ import numpy as np
 __all__ = ["form_factor", "incoherent_function", "coherent_per_cell", "incoherent_per_cell"]
 
 
+X_TABLE_START = 0.001  # Å⁻¹ (sin θ / λ)
+
+
 def _per_element(function, z: int, s: np.ndarray, at_zero: float) -> np.ndarray:
     import xraylib  # noqa: PLC0415
 
+    table = getattr(xraylib, function)
     s = np.atleast_1d(np.asarray(s, dtype=np.float64))
-    out = np.full(s.shape, at_zero)
+    out = np.empty(s.shape)
+    at_start = table(int(z), X_TABLE_START)
     for i, value in enumerate(s.ravel()):
-        if value > 0:
-            out.ravel()[i] = getattr(xraylib, function)(int(z), 0.5 * float(value))
+        x = 0.5 * float(value)
+        if x >= X_TABLE_START:
+            out.ravel()[i] = table(int(z), x)
+        else:
+            out.ravel()[i] = at_zero + (at_start - at_zero) * (x / X_TABLE_START) ** 2
     return out
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import hashlib
 import os
 
-__all__ = ["geometry_files", "input_fingerprint"]
+__all__ = ["geometry_files", "input_fingerprint", "content_hash"]
+
 
 def geometry_files(geometry) -> list[str]:
     """The geometry files the import of an ``ImportParameters`` reads: for XDS, XDS.INP, the
@@ -20,7 +21,7 @@ def geometry_files(geometry) -> list[str]:
     return list(geometry.expt)
 
 
-def _content_hash(path: str) -> str:
+def content_hash(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -45,5 +46,5 @@ def input_fingerprint(geometry, experiment) -> dict:
                 frames.update(f"{os.path.abspath(image)}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
             except OSError:
                 frames.update(f"{os.path.abspath(image)}\0missing\n".encode())
-    return {"geometry": {os.path.abspath(f): _content_hash(f) for f in geometry_files(geometry)},
+    return {"geometry": {os.path.abspath(f): content_hash(f) for f in geometry_files(geometry)},
             "frames": frames.hexdigest()}

@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from ..steps.merge import INTENSITY_UNITS
 from .data import radial_profile, voxel_s_grid
 
 __all__ = ["map_sections", "half_integer_sections", "profile_figure", "statistics_figure", "completeness"]
@@ -74,7 +73,7 @@ def _section_figure(data, planes, title):
         section, free, actual = _section(grid, fixed, value)
         label = name if value == 0 else name.replace("½", f"{actual:.3g}")
         _draw(axes[0, column], section, free, grid, _limits(section), SEQUENTIAL, f"total, {label}", figure,
-              f"I ({INTENSITY_UNITS})")
+              f"I ({data.merged.units})")
         aniso = _anisotropic(section, free, fixed, actual, grid, profile)
         _draw(axes[1, column], aniso, free, grid, _limits(aniso, signed=True), SIGNED,
               f"anisotropic (total − shell mean), {label}", figure, "I − ⟨I⟩ of its |s| shell (same unit)")
@@ -100,7 +99,7 @@ def profile_figure(data) -> Figure:
     ax = figure.subplots()
     ax.plot(profile["s"], profile["mean_I"], color="black", lw=1.5, label="⟨I⟩ of the merged voxels")
     ax.set_xlabel("|s| = 2 sin θ / λ (Å⁻¹)")
-    ax.set_ylabel(f"⟨I⟩ ({INTENSITY_UNITS})")
+    ax.set_ylabel(f"⟨I⟩ ({data.merged.units})")
     ax.set_title("Isotropic (radial) profile of the merged diffuse map")
     ax.set_xlim(0, profile["s"][-1])
     _d_axis(ax, lambda d: 1 / d, profile["s"][-1])

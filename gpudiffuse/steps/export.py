@@ -32,7 +32,7 @@ import numpy as np
 from ..errors import GpudiffuseError, UsageError
 from ..io.nexus import atomic_file
 from .keys import stored_digest, step_path
-from .merge import INTENSITY_UNITS, load_merged
+from .merge import load_merged
 
 __all__ = ["ExportParameters", "run_export", "FORMATS", "read_map"]
 
@@ -88,13 +88,14 @@ def run_export(out: str, params: ExportParameters, overwrite: bool = False) -> s
 
 
 def read_map(path: str) -> dict:
-    """map.nxs as {"intensity", "sigma", "axes" (h, k, l in r.l.u.), "ndiv", "unit_cell", "space_group"}."""
+    """map.nxs as {"intensity", "sigma", "axes" (h, k, l in r.l.u.), "ndiv", "unit_cell", "space_group",
+    "units" (of the intensities)}."""
     with h5py.File(path, "r") as handle:
         data = handle["entry/data"]
         return {"intensity": data["intensity"][()], "sigma": data["intensity_errors"][()],
                 "axes": [data[a][()] for a in "hkl"], "ndiv": tuple(int(n) for n in data.attrs["ndiv"]),
                 "unit_cell": tuple(float(x) for x in data.attrs["unit_cell"]),
-                "space_group": str(data.attrs["space_group"])}
+                "space_group": str(data.attrs["space_group"]), "units": str(data["intensity"].attrs["units"])}
 
 
 def _write_ccp4(path: str, grid: dict) -> None:
@@ -116,7 +117,7 @@ def _write_vtk(path: str, grid: dict) -> None:
     shape = grid["intensity"].shape
     origin = [axis[0] for axis in grid["axes"]]
     spacing = [1.0 / n for n in grid["ndiv"]]
-    header = (f"# vtk DataFile Version 3.0\ngpudiffuse map: h k l in r.l.u., {INTENSITY_UNITS}, "
+    header = (f"# vtk DataFile Version 3.0\ngpudiffuse map: h k l in r.l.u., {grid['units']}, "
               f"cell {' '.join(f'{x:g}' for x in grid['unit_cell'])}, {grid['space_group']}\nBINARY\n"
               f"DATASET STRUCTURED_POINTS\nDIMENSIONS {shape[0]} {shape[1]} {shape[2]}\n"
               f"ORIGIN {origin[0]:.9g} {origin[1]:.9g} {origin[2]:.9g}\n"
@@ -134,7 +135,7 @@ def _write_hdf5(path: str, grid: dict) -> None:
     with h5py.File(path, "w") as handle:
         for name in ("intensity", "sigma"):
             handle.create_dataset(name, data=grid[name], compression="gzip", compression_opts=1, shuffle=True)
-            handle[name].attrs["units"] = INTENSITY_UNITS
+            handle[name].attrs["units"] = grid["units"]
         for name, axis in zip("hkl", grid["axes"]):
             handle[name] = axis
             handle[name].attrs["units"] = "r.l.u."
@@ -159,7 +160,7 @@ def _write_mtz(out: str, params: ExportParameters, target: str) -> None:
     mtz.spacegroup = result.space_group
     mtz.set_cell_for_all(gemmi.UnitCell(*result.unit_cell))
     mtz.add_dataset("gpudiffuse")
-    mtz.history = [f"gpudiffuse export: {params.source} voxels at integer hkl, intensity unit {INTENSITY_UNITS}"]
+    mtz.history = [f"gpudiffuse export: {params.source} voxels at integer hkl, intensity unit {result.units}"]
     for label, kind in (("I", "J"), ("SIGI", "Q"), ("N", "I")):
         mtz.add_column(label, kind)
     columns = [index[integer] // ndiv, voxels["intensity"][integer], voxels["sigma"][integer], voxels["n"][integer]]

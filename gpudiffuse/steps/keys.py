@@ -31,11 +31,14 @@ __all__ = ["STEPS", "STEP_FILES", "step_path", "make_key", "stored_key", "stored
 logger = logging.getLogger(__name__)
 
 STEP_FILES = {"import": "experiment.nxs", "find_peaks": "peaks.nxs", "integrate": "integrate.nxs",
-              "scale": "scale.nxs", "merge": "merged.nxs", "map": "map.nxs"}
+              "scale": "scale.nxs", "absolute": "absolute.nxs", "merge": "merged.nxs", "map": "map.nxs"}
 STEPS = tuple(STEP_FILES)
 # the command that makes each step's file (for messages)
 COMMANDS = {"import": "import", "find_peaks": "find-peaks", "integrate": "integrate", "scale": "scale",
-            "merge": "merge", "map": "map"}
+            "absolute": "absolute", "merge": "merge", "map": "map"}
+# optional steps that a later step applies whenever their file is there: a later file made
+# without one (its digest None) is out of date once it exists
+APPLIED_WHEN_PRESENT = ("absolute",)
 
 
 def step_path(out: str, step: str) -> str:
@@ -153,9 +156,9 @@ def remove_stale_downstream(out: str, step: str) -> list[str]:
         if not key or not isinstance(key.get("reads"), dict):
             continue
         for upstream, digest in key["reads"].items():
-            if digest is None:
-                continue
             upstream_path = step_path(out, upstream)
+            if digest is None and not (upstream in APPLIED_WHEN_PRESENT and os.path.exists(upstream_path)):
+                continue
             current = read_parameters(upstream_path) if os.path.exists(upstream_path) else None
             if current is None or key_digest(current) != digest:
                 os.remove(path)

@@ -11,7 +11,7 @@ import numpy as np
 from ..io.nexus import atomic_nexus, write_provenance
 from ..merge import expand_to_grid
 from .keys import cached_step, make_key, stored_digest, step_path
-from .merge import INTENSITY_UNITS, MergeResult, load_merged
+from .merge import MergeResult, load_merged
 
 __all__ = ["run_map", "write_map", "MAP_COLUMNS"]
 
@@ -47,7 +47,7 @@ def write_map(path: str, result: MergeResult, grid, key: dict, backend=None) -> 
         data.attrs["auxiliary_signals"] = ["intensity_half1", "intensity_half2"]
         for name, values in zip(_DATASETS, maps):
             data.create_dataset(name, data=values, compression="gzip", compression_opts=1, shuffle=True)
-            data[name].attrs["units"] = INTENSITY_UNITS
+            data[name].attrs["units"] = result.units
         data["intensity_half1"].attrs["long_name"] = "mean of random half-set 1 (the CC½ halves)"
         data["intensity_half2"].attrs["long_name"] = "mean of random half-set 2 (the CC½ halves)"
         for name, axis, n in zip("hkl", axes, result.ndiv):

@@ -15,6 +15,7 @@ import numpy as np
 from ..errors import GridError
 from ..io.nexus import atomic_nexus, write_provenance
 from ..merge import MergeParameters, merge
+from .absolute import ABSOLUTE_UNITS, apply_absolute, format_final_profile, load_absolute
 from .importing import load_experiment
 from .integrate import load_integration
 from .keys import cached_step, make_key, stored_digest, step_path
@@ -25,7 +26,7 @@ __all__ = ["MergeResult", "run_merge", "write_merged", "read_merged", "load_merg
 logger = logging.getLogger(__name__)
 
 # the per-voxel rate of DESIGN §8, counts / Σ(K·t) with K = Ω·P·E·A, divided by the dimensionless
-# scale factors; not on an absolute scale (the absolute step, DESIGN §12, is not written yet)
+# scale factors; with absolute.nxs (DESIGN §12) electron units per unit cell instead
 INTENSITY_UNITS = "counts / (s sr), relative scale"
 
 
@@ -33,7 +34,8 @@ INTENSITY_UNITS = "counts / (s sr), relative scale"
 class MergeResult:
     """merged, bragg: ASU voxel columns (``merge.merge``; bragg None without excluded pixels);
     statistics: per-shell arrays; rejected: outlier observations; scale_mode: the scale step's
-    mode; ndiv, space_group (gemmi), unit_cell (a, b, c in Å, α, β, γ in °)."""
+    mode; ndiv, space_group (gemmi), unit_cell (a, b, c in Å, α, β, γ in °); units: of the
+    intensities (relative, or electron units per cell after the absolute step)."""
 
     merged: dict
     statistics: dict
@@ -43,6 +45,7 @@ class MergeResult:
     ndiv: tuple
     space_group: object
     unit_cell: tuple
+    units: str = INTENSITY_UNITS
 
 
 def run_merge(out: str, params: MergeParameters = MergeParameters(), overwrite: bool = False, experiment=None,
@@ -55,20 +58,30 @@ def run_merge(out: str, params: MergeParameters = MergeParameters(), overwrite: 
         experiment = load_experiment(out)
     if integration is None:
         integration = load_integration(out)
+    absolute = load_absolute(out)
     key = make_key("merge", asdict(params), {"import": stored_digest(out, "import"),
                                             "integrate": stored_digest(out, "integrate"),
-                                            "scale": stored_digest(out, "scale")})
+                                            "scale": stored_digest(out, "scale"),
+                                            "absolute": stored_digest(out, "absolute") if absolute else None})
 
     def compute():
         result = scale or read_scale(step_path(out, "scale"))
-        return merge_tables(experiment, scaled_tables(experiment, integration, result), integration.ndiv, params,
-                            result.parameters.mode)
+        tables = scaled_tables(experiment, integration, result)
+        if absolute is None:
+            return merge_tables(experiment, tables, integration.ndiv, params, result.parameters.mode)
+        logger.info("merging on the absolute scale of absolute.nxs: k = %.6g, I_inc(|s|) subtracted",
+                    absolute.scale.k)
+        merged = merge_tables(experiment, apply_absolute(tables, absolute), integration.ndiv, params,
+                              result.parameters.mode, ABSOLUTE_UNITS)
+        logger.info("\n%s", format_final_profile(merged.merged, absolute))
+        return merged
 
     return cached_step(out, "merge", key, overwrite, compute,
                        lambda path, result, k: write_merged(path, result, k, backend), read_merged)
 
 
-def merge_tables(experiment, tables: dict, ndiv, params: MergeParameters, scale_mode: str) -> MergeResult:
+def merge_tables(experiment, tables: dict, ndiv, params: MergeParameters, scale_mode: str,
+                 units: str = INTENSITY_UNITS) -> MergeResult:
     crystal = experiment.sweeps[0].crystal
     space_group = experiment.space_group
     metric = crystal.reciprocal_metric
@@ -80,7 +93,7 @@ def merge_tables(experiment, tables: dict, ndiv, params: MergeParameters, scale_
         stats["cc_half_unscaled"] = merge(tables["unscaled"], space_group, ndiv, metric, params)[1]["cc_half"]
     bragg = merge(tables["excluded"], space_group, ndiv, metric, params)[0] if tables["excluded"] else None
     return MergeResult(merged, stats, rejected, bragg, scale_mode, tuple(ndiv), space_group,
-                       tuple(float(x) for x in crystal.unit_cell.parameters))
+                       tuple(float(x) for x in crystal.unit_cell.parameters), units)
 
 
 def write_merged(path: str, result: MergeResult, key: dict, backend=None) -> None:
@@ -110,7 +123,7 @@ def _write_voxels(entry, name, voxels, result):
     for column in ("h", "k", "l"):
         g[column].attrs["units"] = "r.l.u."
     for column in ("intensity", "sigma", "intensity_half1", "intensity_half2"):
-        g[column].attrs["units"] = INTENSITY_UNITS
+        g[column].attrs["units"] = result.units
     g.attrs["ndiv"] = np.asarray(result.ndiv, dtype=np.int64)
     g.attrs["space_group"] = result.space_group.hm
     g.attrs["unit_cell"] = np.asarray(result.unit_cell, dtype=np.float64)
@@ -134,7 +147,7 @@ def read_merged(path: str) -> MergeResult:
         stats = {k: v[()] for k, v in entry["statistics"].items()}
         return MergeResult(merged, stats, int(g.attrs["rejected_outliers"]), bragg, str(g.attrs["scale"]), ndiv,
                            gemmi.find_spacegroup_by_name(str(g.attrs["space_group"])),
-                           tuple(float(x) for x in g.attrs["unit_cell"]))
+                           tuple(float(x) for x in g.attrs["unit_cell"]), str(g["intensity"].attrs["units"]))
 
 
 def load_merged(out: str) -> MergeResult:
