@@ -186,7 +186,8 @@ def _run_merge(args):
 
     with OutputFolder(args.out, log=True):
         result = run_merge(args.out, merge_parameters(args), args.overwrite)
-    print(f"merged {len(result.merged['intensity'])} ASU voxels ({result.rejected} outlier observations rejected)")
+    print(f"merged {len(result.merged['intensity'])} ASU voxels ({result.rejected} outlier observations rejected); "
+          f"intensities in {result.units}")
     print(format_statistics(result.statistics))
     print(f"written {os.path.join(args.out, 'merged.nxs')}")
 

@@ -20,7 +20,7 @@ from .geometry.vectors import edge_resolution
 from .geometry.xds import find_xparm, load_xds
 from .io.images import is_hdf5, read_image
 from .io.nxmx import flag_value, open_master
-from .io.nexus import atomic_nexus, write_provenance
+from .io.nexus import atomic_nexus, create_step_entry
 from .masking.layout import layout_for_size
 from .masking.pixel import Beamstop, first_frame_source, mask_sources, usable_pixels
 
@@ -196,9 +196,7 @@ def import_experiment(params: ImportParameters) -> Experiment:
 
 def write_experiment(experiment: Experiment, path: str, parameters: dict, overwrite: bool = False):
     with atomic_nexus(path, overwrite) as handle:
-        entry = handle.create_group("entry")
-        entry.attrs["NX_class"] = "NXentry"
-        write_provenance(entry, "import", parameters)
+        entry = create_step_entry(handle, "import", parameters)
         group = entry.create_group("experiment")
         for i, (sweep, mask) in enumerate(zip(experiment.sweeps, experiment.masks)):
             write_sweep_group(group, f"sweep_{i}", sweep, mask)

@@ -13,19 +13,22 @@ from gpudiffuse.cli import main
 from gpudiffuse.report.document import FIGURES
 
 
-def check_report(folder):
-    """The report files of FOLDER are complete and real (shared with test_snase)."""
+def check_report(folder, absolute=False):
+    """The report files of FOLDER are complete and real (shared with test_snase and the absolute
+    tests); the absolute-scale figure only when the folder is on the absolute scale."""
     html = (folder / "report.html").read_text()
     references = re.findall(r'(?:src|href)="([^"]+)"', html)
-    assert len(references) == len(FIGURES) + 2
+    stems = [stem for stem, *_ in FIGURES if absolute or stem != "absolute_scale"]
+    assert len(references) == len(stems) + 2
+    assert (folder / "report" / "absolute_scale.png").exists() == absolute
     for reference in references:
         assert (folder / reference).is_file(), reference
-    for stem, *_ in FIGURES:
+    for stem in stems:
         image = np.asarray(Image.open(folder / "report" / f"{stem}.png").convert("L"), dtype=np.float64)
         assert image.shape[0] > 400 and image.shape[1] > 800, stem
         assert image.std() > 10, f"{stem} looks blank"
     pdf = (folder / "report.pdf").read_bytes()
-    assert pdf.startswith(b"%PDF") and len(re.findall(rb"/Type\s*/Page\b", pdf)) == len(FIGURES) + 1
+    assert pdf.startswith(b"%PDF") and len(re.findall(rb"/Type\s*/Page\b", pdf)) == len(stems) + 1
     return html
 
 

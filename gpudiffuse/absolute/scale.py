@@ -10,7 +10,9 @@ coherent and incoherent scattering of the cell's contents (e.u. per cell)::
 
 A shell's ⟨I_D + I_B⟩ is the mean over every observation row in it, diffuse and excluded (Bragg)
 alike, weighted by the reciprocal volume the row swept (its ``fraction``): the mean intensity of
-the part of the shell that was measured, Bragg peaks included at their integrated weight.
+the part of the shell that was measured, Bragg peaks included at their integrated weight. Stills
+sweep no volume: there each row weighs by its exposure Σ K·t (√counts/σ), i.e. the mean over the
+Ewald-sphere points measured, which is the shell's mean for randomly placed samples.
 Choices where the spec is silent:
 
 * shells are 0.005 Å⁻¹ wide; k at S_c comes from the cumulative sums interpolated linearly in S³
@@ -42,7 +44,7 @@ class AbsoluteScale:
     ``filled`` the profile with unmeasured shells filled; ``coherent``, ``incoherent`` the theory per
     shell (e.u. per cell); ``coverage`` per shell; ``i_obs``, ``i_theo``, ``k`` per edge (k NaN at
     edges where I_obs is 0). ``electrons``: N_e per cell; ``volume``: Å³; ``filled_share``: the
-    share of I_obs(S_c) from filled shells."""
+    share of I_obs(S_c) from filled shells; ``weighting``: of the rows in a shell's mean."""
 
     s_cutoff: float
     k: float
@@ -58,15 +60,25 @@ class AbsoluteScale:
     electrons: float
     volume: float
     filled_share: float
+    weighting: str = "swept volume"
 
     def k_at(self, s) -> np.ndarray:
         """k(S) for S within the edges."""
-        return _at_edges(self.edges, self.i_theo, s) / _at_edges(self.edges, self.i_obs, s)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return _at_edges(self.edges, self.i_theo, s) / _at_edges(self.edges, self.i_obs, s)
 
 
-def observed_profile(tables, edges, ndiv, reciprocal_volume: float):
-    """(mean, coverage): the swept-volume-weighted mean ``rate`` of the rows of ``tables`` (a list of
-    observation tables) in each shell of ``edges`` (NaN where none), and each shell's coverage."""
+def row_weights(table, by_volume: bool) -> np.ndarray:
+    """Swept volume (``fraction``) or, for stills, exposure Σ K·t times the scale (√counts/σ)."""
+    if by_volume:
+        return table["fraction"]
+    return np.sqrt(np.maximum(table["counts"], 1)) / table["sigma"]
+
+
+def observed_profile(tables, edges, ndiv, reciprocal_volume: float, by_volume: bool = True):
+    """(mean, coverage): the weighted mean ``rate`` (:func:`row_weights`) of the rows of ``tables``
+    (a list of observation tables) in each shell of ``edges`` (NaN where none), and each shell's
+    coverage."""
     n = len(edges) - 1
     weighted = np.zeros(n)
     weight = np.zeros(n)
@@ -77,8 +89,9 @@ def observed_profile(tables, edges, ndiv, reciprocal_volume: float):
         shell = np.searchsorted(edges, table["s"], side="right") - 1
         inside = (shell >= 0) & (shell < n) & np.isfinite(table["rate"])
         shell = shell[inside]
-        weighted += np.bincount(shell, table["fraction"][inside] * table["rate"][inside], n)
-        weight += np.bincount(shell, table["fraction"][inside], n)
+        w = row_weights(table, by_volume)[inside]
+        weighted += np.bincount(shell, w * table["rate"][inside], n)
+        weight += np.bincount(shell, w, n)
         packed = (table["H"][inside].astype(np.int64) + 2**20) * 2**42 \
             + (table["K"][inside].astype(np.int64) + 2**20) * 2**21 + (table["L"][inside].astype(np.int64) + 2**20)
         keys.append(np.column_stack([shell, packed]))
@@ -128,7 +141,8 @@ def absolute_scale(tables, inventory, cell_volume: float, s_cutoff: float, s_lim
     (bulk solvent included) of a cell of ``cell_volume`` Å³; shells up to ``s_limit`` Å⁻¹."""
     n = max(int(np.ceil(s_limit / SHELL_WIDTH)), 1)
     edges = np.linspace(0.0, n * SHELL_WIDTH, n + 1)
-    observed, coverage = observed_profile(tables, edges, ndiv, reciprocal_volume)
+    by_volume = sum(float(np.sum(t["fraction"])) for t in tables if t) > 0
+    observed, coverage = observed_profile(tables, edges, ndiv, reciprocal_volume, by_volume)
     centres = 0.5 * (edges[1:] + edges[:-1])
     filled = _fill(observed, centres)
     coherent, incoherent = theory_profile(inventory, edges)
@@ -138,7 +152,8 @@ def absolute_scale(tables, inventory, cell_volume: float, s_cutoff: float, s_lim
     i_theo = _cumulative(edges, coherent + incoherent, cell_volume) - electrons**2
     with np.errstate(invalid="ignore", divide="ignore"):
         k_curve = np.where(i_obs > 0, i_theo / i_obs, np.nan)
-    k = float(_at_edges(edges, i_theo, s_cutoff) / _at_edges(edges, i_obs, s_cutoff))
-    share = float(_at_edges(edges, i_filled, s_cutoff) / _at_edges(edges, i_obs, s_cutoff))
+        k = float(_at_edges(edges, i_theo, s_cutoff) / _at_edges(edges, i_obs, s_cutoff))
+        share = float(_at_edges(edges, i_filled, s_cutoff) / _at_edges(edges, i_obs, s_cutoff))
     return AbsoluteScale(float(s_cutoff), k, edges, observed, filled, coherent, incoherent, coverage, i_obs, i_theo,
-                         k_curve, float(electrons), float(cell_volume), share)
+                         k_curve, float(electrons), float(cell_volume), share,
+                         "swept volume" if by_volume else "exposure (stills)")

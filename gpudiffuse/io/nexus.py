@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import __version__
 
-__all__ = ["atomic_file", "atomic_nexus", "write_provenance", "read_parameters", "normalised_parameters", "set_command_line",
+__all__ = ["atomic_file", "atomic_nexus", "create_step_entry", "write_provenance", "read_parameters", "normalised_parameters", "set_command_line",
            "step_elapsed"]
 
 
@@ -86,6 +86,14 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def create_step_entry(handle, step: str, parameters: dict, backend=None):
+    """The ``/entry`` NXentry of a step file, with its provenance (:func:`write_provenance`)."""
+    entry = handle.create_group("entry")
+    entry.attrs["NX_class"] = "NXentry"
+    write_provenance(entry, step, parameters, backend)
+    return entry
 
 
 def write_provenance(group, step: str, parameters: dict, backend=None):

@@ -25,12 +25,14 @@ class ReportData:
     peaks: object | None     # masking.peaks.PeakSearch, None without a Bragg mask
     provenance: dict         # step → {parameters, elapsed_s, command_line, device…}
     dmin: float
+    absolute: object = None  # steps.absolute.AbsoluteResult when the folder holds absolute.nxs
 
 
 def load_report_data(out: str) -> ReportData:
     from ..steps.export import read_map  # noqa: PLC0415
     from ..steps.find_peaks import read_peaks  # noqa: PLC0415
     from ..steps.importing import load_experiment  # noqa: PLC0415
+    from ..steps.absolute import ABSOLUTE_UNITS, load_absolute  # noqa: PLC0415
     from ..steps.merge import load_merged  # noqa: PLC0415
 
     experiment = load_experiment(out)
@@ -43,8 +45,9 @@ def load_report_data(out: str) -> ReportData:
     peaks = read_peaks(step_path(out, "find_peaks")) if integrate_key["reads"].get("find_peaks") else None
     with h5py.File(step_path(out, "integrate"), "r") as handle:
         dmin = float(handle["entry"].attrs["dmin"])
+    absolute = load_absolute(out) if merged.units == ABSOLUTE_UNITS else None
     return ReportData(out, experiment, read_map(step_path(out, "map")), merged, _read_scale(step_path(out, "scale")),
-                      peaks, provenance, dmin)
+                      peaks, provenance, dmin, absolute)
 
 
 def _provenance(path: str) -> dict:

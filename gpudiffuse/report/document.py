@@ -22,7 +22,8 @@ from ..io.nexus import atomic_file
 from ..steps.keys import STEP_FILES
 from .data import radial_profile
 from .detector_figures import mask_figure, scale_figure
-from .figures import completeness, half_integer_sections, map_sections, profile_figure, statistics_figure
+from .figures import (absolute_figure, completeness, half_integer_sections, map_sections, profile_figure,
+                      statistics_figure)
 
 __all__ = ["FIGURES", "write_report", "GENERATOR"]
 
@@ -43,6 +44,8 @@ FIGURES = (
      "and the completeness of the symmetry-expanded map.", statistics_figure),
     ("scale_model", "Scaling model", "The fitted factors and offset with their uncertainties, and χ² per "
      "outlier round.", scale_figure),
+    ("absolute_scale", "Absolute scale", "k(S) = I_theo(S)/I_obs(S) from the sum rule (DESIGN §12) and the shell "
+     "means it rests on; only when the folder holds absolute.nxs.", absolute_figure),
     ("masks", "Masks on one frame", "The frame's counts, the static pixel mask and the pixels the Bragg model "
      "masks on it.", mask_figure),
 )
@@ -57,7 +60,10 @@ def write_report(data, out: str) -> dict:
     start = time.perf_counter()
     figures, rendered = [], []
     for stem, heading, caption, draw in FIGURES:
-        pixels = _render(draw(data))
+        figure = draw(data)
+        if figure is None:
+            continue
+        pixels = _render(figure)
         path = os.path.join(folder, f"{stem}.png")
         # drawn once: the PNG and the PDF page are the same pixels (a second vector rendering of
         # every figure would double the report's time)
@@ -68,7 +74,7 @@ def write_report(data, out: str) -> dict:
     profile = radial_profile(data.merged.merged)
     np.savetxt(os.path.join(folder, "radial_profile.csv"),
                np.column_stack([profile["s"], 1 / profile["s"], profile["mean_I"], profile["n"]]),
-               delimiter=",", header="s (1/angstrom),d (angstrom),mean I (counts / (s sr) relative scale),voxels",
+               delimiter=",", header=f"s (1/angstrom),d (angstrom),mean I ({data.merged.units}),voxels",
                comments="")
     pdf_path, html_path = os.path.join(out, "report.pdf"), os.path.join(out, "report.html")
     with atomic_file(pdf_path, overwrite=True) as tmp:
@@ -90,6 +96,14 @@ def _render(figure) -> np.ndarray:
     canvas = FigureCanvasAgg(figure)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba()).copy()
+
+
+def _units_sentence(data) -> str:
+    if data.absolute is None:
+        return f"{data.merged.units} (no absolute scale applied)"
+    a = data.absolute.scale
+    return (f"{data.merged.units}: k = {a.k:.5g} at S_c = {a.s_cutoff:.3f} Å⁻¹ from {data.absolute.inventory_summary}; "
+            "I_inc(|s|) subtracted")
 
 
 def summary_lines(data) -> list[str]:
@@ -172,7 +186,7 @@ def _html(data, rendered, summary) -> str:
     return (f'<!DOCTYPE html><html><head><meta charset="utf-8"><meta name="generator" content="{GENERATOR} '
             f'{__version__}"><title>gpudiffuse report: {html.escape(os.path.abspath(data.out))}</title>'
             f"<style>{style}</style></head><body><h1>gpudiffuse report</h1>"
-            f"<p>Intensities in counts / (s sr), relative scale (no absolute scale applied). "
+            f"<p>Intensities in {html.escape(_units_sentence(data))}. "
             f'The same figures: <a href="report.pdf">report.pdf</a>; the profile as numbers: '
             f'<a href="report/radial_profile.csv">report/radial_profile.csv</a>.</p>'
             f"<pre>{html.escape(chr(10).join(summary))}</pre>{''.join(sections)}</body></html>\n")

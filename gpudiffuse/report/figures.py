@@ -170,3 +170,32 @@ def statistics_figure(data) -> Figure:
     figure.suptitle("Merging statistics per resolution shell (random half-sets; completeness of the expanded map)",
                     fontsize=11)
     return figure
+
+
+def absolute_figure(data) -> Figure | None:
+    """k against the cutoff S, and the observed shell means on the absolute scale against the
+    theory of the cell's contents (None when the folder has no absolute.nxs)."""
+    if data.absolute is None:
+        return None
+    a = data.absolute.scale
+    centres = 0.5 * (a.edges[1:] + a.edges[:-1])
+    figure = Figure(figsize=(12, 4.5), layout="constrained")
+    left, right = figure.subplots(1, 2)
+    usable = a.edges >= 0.25
+    left.plot(a.edges[usable], a.k_curve[usable], color="black", lw=1.5)
+    left.axvline(a.s_cutoff, color="tab:red", lw=1, ls="--", label=f"S_c = {a.s_cutoff:.3f} Å⁻¹, k = {a.k:.4g}")
+    left.set_xlabel("cutoff S (Å⁻¹)")
+    left.set_ylabel("k = I_theo(S) / I_obs(S)  (e.u. per cell per counts/(s sr))")
+    left.set_title("Absolute scale against the cutoff: look for a plateau")
+    left.legend(fontsize=8)
+    left.grid(alpha=0.3)
+    right.plot(centres, a.k * a.observed, color="black", lw=1.2, label="k·⟨I_D + I_B⟩ observed (shell means)")
+    right.plot(centres, a.coherent + a.incoherent, color="tab:blue", lw=1.2, label="I_coh + I_inc (independent atoms)")
+    right.plot(centres, a.incoherent, color="tab:orange", lw=1.2, label="I_inc (subtracted from the map)")
+    right.set_xlabel("|s| = 2 sin θ / λ (Å⁻¹)")
+    right.set_ylabel("e.u. per unit cell")
+    right.set_title(f"Shell means on the absolute scale (N_e = {a.electrons:.6g} per cell)")
+    right.set_xlim(0, a.edges[-1])
+    right.legend(fontsize=8)
+    right.grid(alpha=0.3)
+    return figure

@@ -23,7 +23,7 @@ from ..absolute.scale import AbsoluteScale, absolute_scale
 from ..absolute.theory import incoherent_per_cell
 from ..errors import StepInputError, UsageError
 from ..io.fingerprint import content_hash
-from ..io.nexus import atomic_nexus, write_provenance
+from ..io.nexus import atomic_nexus, create_step_entry
 from .importing import load_experiment
 from .integrate import load_integration
 from .keys import cached_step, make_key, step_path, stored_digest
@@ -139,7 +139,7 @@ def run_absolute(out: str, params: AbsoluteParameters, overwrite: bool = False, 
         crystal = experiment.sweeps[0].crystal
         result = absolute_scale(rows, inventory, crystal.unit_cell.volume, s_cutoff, s_limit, integration.ndiv,
                                 crystal.reciprocal_volume)
-        if not result.k > 0:
+        if not (np.isfinite(result.k) and result.k > 0):
             raise StepInputError(f"the absolute scale at S_c = {s_cutoff:g} Å⁻¹ is not positive (k = {result.k:.4g}): "
                                  "the sum rule needs S_c well beyond the low-resolution region; raise --s-cutoff")
         s_table = np.arange(0.0, 1.1 * s_limit + _INCOHERENT_STEP, _INCOHERENT_STEP)
@@ -165,7 +165,7 @@ def format_k_table(result: AbsoluteResult) -> str:
         lines.append(f"{s:10.3f} {1 / s:7.2f} {float(a.k_at(s)):12.5g} {a.coverage[max(shell - 1, 0)]:9.3f}{mark}")
     lines.append(f"k = {a.k:.6g} e.u. per cell per (counts/(s sr)) at S_c = {a.s_cutoff:.3f} Å⁻¹; N_e = "
                  f"{a.electrons:.6g} per cell; {100 * a.filled_share:.2f} % of I_obs(S_c) from unmeasured shells "
-                 "(filled from their neighbours)")
+                 f"(filled from their neighbours); rows weighted by {a.weighting}")
     return "\n".join(lines)
 
 
@@ -189,9 +189,7 @@ def apply_absolute(tables: dict, result: AbsoluteResult) -> dict:
 def write_absolute(path: str, result: AbsoluteResult, key: dict, backend=None) -> None:
     a = result.scale
     with atomic_nexus(path, overwrite=True) as handle:
-        entry = handle.create_group("entry")
-        entry.attrs["NX_class"] = "NXentry"
-        write_provenance(entry, "absolute", key, backend)
+        entry = create_step_entry(handle, "absolute", key, backend)
         g = entry.create_group("absolute")
         g.attrs["NX_class"] = "NXcollection"
         g.attrs["k"] = a.k
@@ -201,6 +199,7 @@ def write_absolute(path: str, result: AbsoluteResult, key: dict, backend=None) -
         g.attrs["electrons_per_cell"] = a.electrons
         g.attrs["cell_volume"] = a.volume
         g.attrs["filled_share"] = a.filled_share
+        g.attrs["weighting"] = a.weighting
         g.attrs["solvent_fraction"] = result.solvent_fraction
         g.attrs["inventory"] = result.inventory_summary
         g.attrs["notes"] = "\n".join(result.notes)
@@ -223,7 +222,7 @@ def read_absolute(path: str) -> AbsoluteResult:
         scale = AbsoluteScale(float(g.attrs["s_cutoff"]), float(g.attrs["k"]), c["edges"], c["observed"], c["filled"],
                               c["coherent"], c["incoherent"], c["coverage"], c["i_obs"], c["i_theo"], c["k"],
                               float(g.attrs["electrons_per_cell"]), float(g.attrs["cell_volume"]),
-                              float(g.attrs["filled_share"]))
+                              float(g.attrs["filled_share"]), str(g.attrs.get("weighting", "swept volume")))
         notes = [n for n in str(g.attrs["notes"]).split("\n") if n]
         return AbsoluteResult(scale, str(g.attrs["inventory"]), float(g.attrs["solvent_fraction"]),
                               float(g.attrs["s_limit"]), (c["incoherent_table_s"], c["incoherent_table"]), notes)

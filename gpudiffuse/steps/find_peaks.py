@@ -9,7 +9,7 @@ from dataclasses import asdict
 import h5py
 import numpy as np
 
-from ..io.nexus import atomic_nexus, write_provenance
+from ..io.nexus import atomic_nexus, create_step_entry
 from ..masking.peaks import PeakModel, PeakParameters, PeakSearch, ThresholdProfile, find_peaks
 from .importing import load_experiment
 from .keys import cached_step, make_key, stored_digest, step_path
@@ -37,9 +37,7 @@ def load_peaks(out: str) -> PeakSearch:
 
 def write_peaks(path: str, search: PeakSearch, key: dict) -> None:
     with atomic_nexus(path, overwrite=True) as handle:
-        entry = handle.create_group("entry")
-        entry.attrs["NX_class"] = "NXentry"
-        write_provenance(entry, "find_peaks", key)
+        entry = create_step_entry(handle, "find_peaks", key)
         m = search.model
         g = entry.create_group("peak_model")
         g["offset"], g["covariance"] = m.offset, m.covariance

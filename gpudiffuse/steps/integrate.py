@@ -21,7 +21,7 @@ from ..grid import VoxelGrid
 from ..integration import IntegrationParameters
 from ..integration.blocks import Execution
 from ..integration.record import DEFAULT_HISTOGRAM_MAX, FIELDS
-from ..io.nexus import atomic_nexus, write_provenance
+from ..io.nexus import atomic_nexus, create_step_entry
 from ..masking.peaks import absent_table
 from ..merge import voxel_s
 from ..observations import observation_table
@@ -220,9 +220,7 @@ _UNITS = {f.name: f.unit for f in FIELDS}
 
 def write_integration(path: str, integration: Integration, key: dict, backend=None) -> None:
     with atomic_nexus(path, overwrite=True) as handle:
-        entry = handle.create_group("entry")
-        entry.attrs["NX_class"] = "NXentry"
-        write_provenance(entry, "integrate", key, backend)
+        entry = create_step_entry(handle, "integrate", key, backend)
         for name in ("diffuse", "excluded"):
             g = entry.create_group(name)
             g.attrs["NX_class"] = "NXcollection"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..io.nexus import atomic_nexus, write_provenance
+from ..io.nexus import atomic_nexus, create_step_entry
 from ..merge import expand_to_grid
 from .keys import cached_step, make_key, stored_digest, step_path
 from .merge import MergeResult, load_merged
@@ -37,9 +37,7 @@ def run_map(out: str, overwrite: bool = False, merged: MergeResult | None = None
 def write_map(path: str, result: MergeResult, grid, key: dict, backend=None) -> None:
     *maps, axes = grid
     with atomic_nexus(path, overwrite=True) as handle:
-        entry = handle.create_group("entry")
-        entry.attrs["NX_class"] = "NXentry"
-        write_provenance(entry, "map", key, backend)
+        entry = create_step_entry(handle, "map", key, backend)
         data = entry.create_group("data")
         data.attrs["NX_class"] = "NXdata"
         data.attrs["signal"] = "intensity"

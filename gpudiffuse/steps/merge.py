@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 
 from ..errors import GridError
-from ..io.nexus import atomic_nexus, write_provenance
+from ..io.nexus import atomic_nexus, create_step_entry
 from ..merge import MergeParameters, merge
 from .absolute import ABSOLUTE_UNITS, apply_absolute, format_final_profile, load_absolute
 from .importing import load_experiment
@@ -98,9 +98,7 @@ def merge_tables(experiment, tables: dict, ndiv, params: MergeParameters, scale_
 
 def write_merged(path: str, result: MergeResult, key: dict, backend=None) -> None:
     with atomic_nexus(path, overwrite=True) as handle:
-        entry = handle.create_group("entry")
-        entry.attrs["NX_class"] = "NXentry"
-        write_provenance(entry, "merge", key, backend)
+        entry = create_step_entry(handle, "merge", key, backend)
         _write_voxels(entry, "merged", result.merged, result)
         entry["merged"].attrs["rejected_outliers"] = result.rejected
         entry["merged"].attrs["scale"] = result.scale_mode

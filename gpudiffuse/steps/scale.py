@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 
 from ..errors import GridError
-from ..io.nexus import atomic_nexus, write_provenance
+from ..io.nexus import atomic_nexus, create_step_entry
 from ..observations import isotropic_frame_scale
 from ..scaling import ScaleOptions
 from ..scaling.fit import apply_scales
@@ -142,9 +142,7 @@ def write_scale(path, result: ScaleResult, key, backend=None):
     """scale.nxs: the mode, and the model values with their uncertainties, χ², the rounds and the
     loss history (``model``) or the per-frame factors (``isotropic``)."""
     with atomic_nexus(path, overwrite=True) as handle:
-        entry = handle.create_group("entry")
-        entry.attrs["NX_class"] = "NXentry"
-        write_provenance(entry, "scale", key, backend)
+        entry = create_step_entry(handle, "scale", key, backend)
         entry.attrs["mode"] = result.parameters.mode
         if result.frame_scale:
             g = entry.create_group("frame_scale")
