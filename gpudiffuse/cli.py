@@ -176,7 +176,7 @@ def _run_absolute(args):
     with OutputFolder(args.out, log=True):
         result = run_absolute(args.out, params, args.overwrite)
     print(result.inventory_summary)
-    print(format_k_table(result))
+    print(format_k_table(result).splitlines()[-1])  # the whole table is in the log
     print(f"written {os.path.join(args.out, 'absolute.nxs')}; run `gpudiffuse merge -o {args.out}` and "
           f"`gpudiffuse map -o {args.out}` for the map in electron units per unit cell")
 
