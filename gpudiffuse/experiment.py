@@ -24,7 +24,8 @@ from .io.nexus import atomic_nexus, create_step_entry
 from .masking.layout import layout_for_size
 from .masking.pixel import Beamstop, first_frame_source, mask_sources, usable_pixels
 
-__all__ = ["ImportParameters", "Experiment", "load_geometry", "import_experiment", "read_experiment", "summarise"]
+__all__ = ["ImportParameters", "Experiment", "load_geometry", "import_experiment", "read_experiment", "summarise",
+           "cell_difference"]
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +126,13 @@ def _no_shared_frames(sweeps) -> None:
 CELL_TOLERANCE = (0.02, 2.0)  # relative length, degrees
 
 
+def cell_difference(cell, reference) -> tuple[float, float]:
+    """(largest relative difference of a, b, c; largest difference of α, β, γ in degrees) between
+    two cells given as (a, b, c, α, β, γ)."""
+    cell, reference = np.asarray(cell, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    return float(np.max(np.abs(cell[:3] / reference[:3] - 1))), float(np.max(np.abs(cell[3:] - reference[3:])))
+
+
 def check_cells(sweeps) -> None:
     """Each sweep's cell must suit its space group (gemmi), and the sweeps' cells must agree within
     2 % in length and 2° in angle: they are merged into one map."""
@@ -137,8 +145,7 @@ def check_cells(sweeps) -> None:
                                 f"{group.hm} ({group.number})")
         cells.append(np.array([cell.a, cell.b, cell.c, cell.alpha, cell.beta, cell.gamma], dtype=np.float64))
     for sweep, cell in zip(sweeps[1:], cells[1:]):
-        length = np.max(np.abs(cell[:3] / cells[0][:3] - 1))
-        angle = np.max(np.abs(cell[3:] - cells[0][3:]))
+        length, angle = cell_difference(cell, cells[0])
         if length > CELL_TOLERANCE[0] or angle > CELL_TOLERANCE[1]:
             raise GeometryError(f"{sweep.source or f'sweep {sweep.batch}'}: cell {np.round(cell, 2).tolist()} differs "
                                 f"from the first sweep's {np.round(cells[0], 2).tolist()} by {100 * length:.1f} % / "

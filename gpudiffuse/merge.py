@@ -20,7 +20,7 @@ import numpy as np
 from .errors import SymmetryError
 
 __all__ = ["MergeParameters", "laue_operators", "check_grid_symmetry", "map_to_asu", "merge", "shell_statistics",
-           "expand_to_grid", "mate_agreement"]
+           "expand_to_grid", "mate_agreement", "equal_volume_edges", "shell_of"]
 
 
 @dataclass(frozen=True)
@@ -185,13 +185,23 @@ def merge(table: dict, space_group, ndiv, A_metric: np.ndarray, params: MergePar
     return merged, stats, rejected
 
 
+def equal_volume_edges(s_min: float, s_max: float, n_shells: int) -> np.ndarray:
+    """Edges (Å⁻¹) of ``n_shells`` shells of equal reciprocal volume from s_min to just beyond s_max."""
+    return np.cbrt(np.linspace(s_min**3, s_max**3 * (1 + 1e-9), n_shells + 1))
+
+
+def shell_of(s, edges: np.ndarray) -> np.ndarray:
+    """The shell of each |s| (values outside the edges go to the first or last shell)."""
+    return np.clip(np.searchsorted(edges, s, side="right") - 1, 0, len(edges) - 2)
+
+
 def shell_statistics(merged: dict, halves, n_shells: int) -> dict:
     """Per-shell n, ⟨I⟩, variance, ⟨I/σ⟩, CC½, CC*, R-split (equal-volume shells in |s|)."""
     s = merged["s"]
     positive = s > 0
     smin, smax = (s[positive].min(), s.max()) if positive.any() else (0.0, 1.0)
-    edges = np.cbrt(np.linspace(smin**3, smax**3 * (1 + 1e-9), n_shells + 1))
-    shell = np.clip(np.searchsorted(edges, s, side="right") - 1, 0, n_shells - 1)
+    edges = equal_volume_edges(smin, smax, n_shells)
+    shell = shell_of(s, edges)
     (ia, _, na), (ib, _, nb) = halves
     out = {k: np.zeros(n_shells) for k in ("d_max", "d_min", "n", "mean_I", "var_I", "mean_I_over_sigma",
                                             "cc_half", "cc_star", "r_split", "n_pairs")}
@@ -268,8 +278,8 @@ def mate_agreement(table: dict, space_group, ndiv, A_metric, n_shells: int = 10,
     pair = batch[first] != batch[last]
     first, last = first[pair], last[pair]
     s_pair = s[first]
-    edges = np.cbrt(np.linspace(s.min() ** 3, s.max() ** 3 * (1 + 1e-9), n_shells + 1))
-    shell = np.clip(np.searchsorted(edges, s_pair, side="right") - 1, 0, n_shells - 1)
+    edges = equal_volume_edges(s.min(), s.max(), n_shells)
+    shell = shell_of(s_pair, edges)
     out = {"d_max": 1 / np.maximum(edges[:-1], 1e-12), "d_min": 1 / edges[1:], "n_pairs": np.zeros(n_shells, int),
            "mean_I": np.full(n_shells, np.nan), "cc": np.full(n_shells, np.nan)}
     for i in range(n_shells):

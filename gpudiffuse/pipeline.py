@@ -118,7 +118,7 @@ def process(params: ProcessParameters, out: str, overwrite: bool = False, progre
         absolute = run_absolute(out, params.absolute, overwrite, experiment, integration, scale, backend)
 
     clock.step("merge")
-    merged = run_merge(out, params.merging, overwrite, experiment, integration, scale, backend)
+    merged = run_merge(out, params.merging, overwrite, experiment, integration, scale, backend, absolute)
 
     clock.step("map")
     run_map(out, overwrite, merged, backend)

@@ -36,6 +36,7 @@ import h5py
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from .merge import equal_volume_edges, shell_of
 from .simulate_absolute import AbsoluteUnits
 from .simulate_files import eiger_writer, frame_name, write_cbf, write_dials, write_xds
 from .simulate_tables import simulate_observation_table
@@ -430,8 +431,8 @@ def compare_with_truth(merged: dict, model: SimulatedModel, ndiv, n_shells: int 
     truth = voxel_truth(model, centres, ndiv)
     s = merged["s"]
     smin = s[s > 0].min() if np.any(s > 0) else 0.0
-    edges = np.cbrt(np.linspace(smin**3, s.max() ** 3 * (1 + 1e-9), n_shells + 1))
-    shell = np.clip(np.searchsorted(edges, s, side="right") - 1, 0, n_shells - 1)
+    edges = equal_volume_edges(smin, s.max(), n_shells)
+    shell = shell_of(s, edges)
     rows = []
     for i in range(n_shells):
         sel = shell == i

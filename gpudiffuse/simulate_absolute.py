@@ -60,7 +60,6 @@ class AbsoluteUnits:
         thermal = coherent * (1 - debye_waller)
         self.isotropic_table = self.incoherent_table + thermal * ring
         self.diffuse_table = thermal * (1 - ring) / _mean_shape_over_spheres(model, self.grid)
-        self.hole = hole
         self.volume = volume
         self._bragg_weight_means(model, s_max)
 

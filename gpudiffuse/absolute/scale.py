@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..merge import _pack
 from .theory import coherent_per_cell, incoherent_per_cell
 
 __all__ = ["SHELL_WIDTH", "AbsoluteScale", "observed_profile", "theory_profile", "absolute_scale"]
@@ -64,8 +65,7 @@ class AbsoluteScale:
 
     def k_at(self, s) -> np.ndarray:
         """k(S) for S within the edges."""
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return _at_edges(self.edges, self.i_theo, s) / _at_edges(self.edges, self.i_obs, s)
+        return _ratio_at(self.edges, self.i_theo, self.i_obs, s)
 
 
 def row_weights(table, by_volume: bool) -> np.ndarray:
@@ -92,8 +92,7 @@ def observed_profile(tables, edges, ndiv, reciprocal_volume: float, by_volume: b
         w = row_weights(table, by_volume)[inside]
         weighted += np.bincount(shell, w * table["rate"][inside], n)
         weight += np.bincount(shell, w, n)
-        packed = (table["H"][inside].astype(np.int64) + 2**20) * 2**42 \
-            + (table["K"][inside].astype(np.int64) + 2**20) * 2**21 + (table["L"][inside].astype(np.int64) + 2**20)
+        packed = _pack(np.column_stack([table["H"][inside], table["K"][inside], table["L"][inside]]))
         keys.append(np.column_stack([shell, packed]))
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(weight > 0, weighted / weight, np.nan)
@@ -131,8 +130,11 @@ def _cumulative(edges, shell_means, volume) -> np.ndarray:
     return np.concatenate([[0.0], np.cumsum(volume * 4 / 3 * np.pi * np.diff(edges**3) * shell_means)])
 
 
-def _at_edges(edges, values, s):
-    return np.interp(np.asarray(s, dtype=np.float64) ** 3, edges**3, values)
+def _ratio_at(edges, numerator, denominator, s):
+    """numerator(S)/denominator(S) of two cumulative sums, each interpolated linearly in S³."""
+    cubes = np.asarray(s, dtype=np.float64) ** 3
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.interp(cubes, edges**3, numerator) / np.interp(cubes, edges**3, denominator)
 
 
 def absolute_scale(tables, inventory, cell_volume: float, s_cutoff: float, s_limit: float, ndiv,
@@ -152,8 +154,8 @@ def absolute_scale(tables, inventory, cell_volume: float, s_cutoff: float, s_lim
     i_theo = _cumulative(edges, coherent + incoherent, cell_volume) - electrons**2
     with np.errstate(invalid="ignore", divide="ignore"):
         k_curve = np.where(i_obs > 0, i_theo / i_obs, np.nan)
-        k = float(_at_edges(edges, i_theo, s_cutoff) / _at_edges(edges, i_obs, s_cutoff))
-        share = float(_at_edges(edges, i_filled, s_cutoff) / _at_edges(edges, i_obs, s_cutoff))
+    k = float(_ratio_at(edges, i_theo, i_obs, s_cutoff))
+    share = float(_ratio_at(edges, i_filled, i_obs, s_cutoff))
     return AbsoluteScale(float(s_cutoff), k, edges, observed, filled, coherent, incoherent, coverage, i_obs, i_theo,
                          k_curve, float(electrons), float(cell_volume), share,
                          "swept volume" if by_volume else "exposure (stills)")

@@ -22,8 +22,10 @@ from ..absolute.inventory import (Inventory, bulk_water, matthews_solvent_fracti
 from ..absolute.scale import AbsoluteScale, absolute_scale
 from ..absolute.theory import incoherent_per_cell
 from ..errors import StepInputError, UsageError
+from ..experiment import cell_difference
 from ..io.fingerprint import content_hash
 from ..io.nexus import atomic_nexus, create_step_entry
+from ..merge import equal_volume_edges, shell_of
 from .importing import load_experiment
 from .integrate import load_integration
 from .keys import cached_step, make_key, step_path, stored_digest
@@ -97,8 +99,7 @@ def _check_model(path, inventory, cell, space_group):
 
     model_cell = np.array(inventory.cell, dtype=np.float64)
     data_cell = np.array(cell.parameters, dtype=np.float64)
-    length = np.max(np.abs(model_cell[:3] / data_cell[:3] - 1))
-    angle = np.max(np.abs(model_cell[3:] - data_cell[3:]))
+    length, angle = cell_difference(model_cell, data_cell)
     if length > MODEL_CELL_TOLERANCE[0] or angle > MODEL_CELL_TOLERANCE[1]:
         raise StepInputError(f"--model {path}: its cell {np.round(model_cell, 2).tolist()} differs from the data's "
                              f"{np.round(data_cell, 2).tolist()} by {100 * length:.1f} % / {angle:.1f}° (at most "
@@ -241,8 +242,8 @@ def format_final_profile(merged: dict, result: AbsoluteResult, n_shells: int = 1
     below −3σ (a sign of an over-subtraction, i.e. k too low or the inventory too large)."""
     s, intensity, sigma = merged["s"], merged["intensity"], merged["sigma"]
     s_table, incoherent = result.incoherent
-    edges = np.cbrt(np.linspace(s.min() ** 3, s.max() ** 3 * (1 + 1e-9), n_shells + 1))
-    shell = np.clip(np.searchsorted(edges, s, side="right") - 1, 0, n_shells - 1)
+    edges = equal_volume_edges(s.min(), s.max(), n_shells)
+    shell = shell_of(s, edges)
     lines = ["final diffuse map (e.u. per cell) against the incoherent scattering subtracted from it:",
              " d_max  d_min     voxels      <I_final>     <I_inc>   I<-3sig (%)"]
     for i in range(n_shells):

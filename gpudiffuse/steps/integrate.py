@@ -23,7 +23,7 @@ from ..integration.blocks import Execution
 from ..integration.record import DEFAULT_HISTOGRAM_MAX, FIELDS
 from ..io.nexus import atomic_nexus, create_step_entry
 from ..masking.peaks import absent_table
-from ..merge import voxel_s
+from ..merge import equal_volume_edges, voxel_s
 from ..observations import observation_table
 from .importing import load_experiment
 from .keys import cached_step, make_key, stored_digest, step_path
@@ -207,7 +207,7 @@ def _moved_per_shell(rows: dict, moved: dict, metric, ndiv, n_shells: int = 10) 
     """Fraction of the voxel-wedge rows moved, per shell of equal reciprocal volume."""
     s_all = voxel_s(np.column_stack([rows["H"], rows["K"], rows["L"]]), ndiv, metric)
     s_moved = voxel_s(np.column_stack([moved["H"], moved["K"], moved["L"]]), ndiv, metric) if moved else np.zeros(0)
-    edges = np.cbrt(np.linspace(0, s_all.max() ** 3 * (1 + 1e-9), n_shells + 1)) if len(s_all) else np.zeros(2)
+    edges = equal_volume_edges(0.0, s_all.max(), n_shells) if len(s_all) else np.zeros(2)
     total = np.histogram(s_all, edges)[0]
     with np.errstate(invalid="ignore", divide="ignore"):
         fraction = np.histogram(s_moved, edges)[0] / total

@@ -6,6 +6,7 @@ with outlier rejection and per-shell statistics → ``merged.nxs`` (the file con
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import asdict, dataclass
 
 import gemmi
@@ -15,7 +16,7 @@ import numpy as np
 from ..errors import GridError
 from ..io.nexus import atomic_nexus, create_step_entry
 from ..merge import MergeParameters, merge
-from .absolute import ABSOLUTE_UNITS, apply_absolute, format_final_profile, load_absolute
+from .absolute import ABSOLUTE_UNITS, apply_absolute, format_final_profile, read_absolute
 from .importing import load_experiment
 from .integrate import load_integration
 from .keys import cached_step, make_key, stored_digest, step_path
@@ -49,24 +50,28 @@ class MergeResult:
 
 
 def run_merge(out: str, params: MergeParameters = MergeParameters(), overwrite: bool = False, experiment=None,
-              integration=None, scale=None, backend=None) -> MergeResult:
-    """Merge ``OUT/integrate.nxs`` with the scales of ``OUT/scale.nxs`` into ``OUT/merged.nxs``,
-    or reuse that file. ``experiment``, ``integration``, ``scale``: those files already loaded."""
+              integration=None, scale=None, backend=None, absolute=None) -> MergeResult:
+    """Merge ``OUT/integrate.nxs`` with the scales of ``OUT/scale.nxs`` (and, when the folder holds
+    one, the absolute scale of ``OUT/absolute.nxs``) into ``OUT/merged.nxs``, or reuse that file.
+    ``experiment``, ``integration``, ``scale``, ``absolute``: those files already loaded."""
     from .scale import read_scale, scaled_tables  # noqa: PLC0415
 
     if experiment is None:
         experiment = load_experiment(out)
-    if integration is None:
-        integration = load_integration(out)
-    absolute = load_absolute(out)
+    absolute_path = step_path(out, "absolute")
+    absolute_digest = stored_digest(out, "absolute") if os.path.exists(absolute_path) else None
     key = make_key("merge", asdict(params), {"import": stored_digest(out, "import"),
                                             "integrate": stored_digest(out, "integrate"),
                                             "scale": stored_digest(out, "scale"),
-                                            "absolute": stored_digest(out, "absolute") if absolute else None})
+                                            "absolute": absolute_digest})
 
     def compute():
+        nonlocal integration, absolute
+        if integration is None:
+            integration = load_integration(out)
         result = scale or read_scale(step_path(out, "scale"))
         tables = scaled_tables(experiment, integration, result)
+        absolute = (absolute or read_absolute(absolute_path)) if absolute_digest else None
         if absolute is None:
             return merge_tables(experiment, tables, integration.ndiv, params, result.parameters.mode)
         logger.info("merging on the absolute scale of absolute.nxs: k = %.6g, I_inc(|s|) subtracted",
