@@ -219,7 +219,8 @@ def _run_export(args):
 
 
 def _run_demo(args):
-    from .simulate import PRESETS, demo  # noqa: PLC0415
+    from .demo import demo  # noqa: PLC0415
+    from .simulate import PRESETS  # noqa: PLC0415
     from .steps.merge import format_statistics  # noqa: PLC0415
 
     from .steps.report import run_report  # noqa: PLC0415

@@ -448,19 +448,3 @@ def format_accuracy(accuracy: dict) -> str:
         lines.append(f"{r['d_max']:6.2f} {r['d_min']:6.2f} {r['n']:7d} {r['i_over_sigma']:9.1f} {r['cc']:10.4f}")
     lines.append(f"overall CC with the truth: {accuracy['overall_cc']:.4f}")
     return "\n".join(lines)
-
-
-def demo(outdir: str, params: SimulationParameters, device: str = "auto", progress: bool = True):
-    """Simulate into OUTDIR/data, process into OUTDIR/processed, compare with the truth."""
-    from .experiment import ImportParameters  # noqa: PLC0415
-    from .integration import IntegrationParameters  # noqa: PLC0415
-    from .pipeline import ProcessParameters, process  # noqa: PLC0415
-
-    data = os.path.join(outdir, "data")
-    if not os.path.exists(os.path.join(data, "truth.h5")):
-        simulate_dataset(data, params, progress=progress)
-    ndiv = (3, 3, 3)
-    result = process(ProcessParameters(ImportParameters(xds=data), IntegrationParameters(ndiv=ndiv), device=device),
-                     os.path.join(outdir, "processed"), overwrite=True, progress=progress)
-    accuracy = compare_with_truth(result["merged"], load_model(data), ndiv)
-    return result, format_accuracy(accuracy)
