@@ -293,6 +293,11 @@ def main(argv=None) -> int:
     except GpudiffuseError as exc:
         print(f"gpudiffuse {args.command}: error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, UsageError) else 1  # 2: options that cannot work, 1: the data
+    except BrokenPipeError:
+        # the reader of stdout has gone (``| head``): stop as a Unix filter does, without a traceback
+        # (the step being written cleans up as on any error); devnull takes the interpreter's last flush
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE
     return 0
 
 

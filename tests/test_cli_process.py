@@ -367,3 +367,16 @@ def test_a_run_killed_mid_way_resumes_to_the_files_of_a_clean_run(tiny_dataset, 
             for item in names:
                 if isinstance(a[item], h5py.Dataset):
                     np.testing.assert_array_equal(a[item][()], b[item][()], err_msg=f"{name}: {item}")
+
+
+def test_a_closed_pipe_stops_the_command_without_a_traceback(tiny_processed):
+    """`gpudiffuse merge OUT | head -1`: the reader goes away while the table is printed."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-m", "gpudiffuse", "merge", str(tiny_processed)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child.stdout.close()  # nobody reads: the first print meets a broken pipe
+    err = child.stderr.read().decode()
+    assert child.wait() == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err
