@@ -226,17 +226,19 @@ class SimulatedModel:
         return omega * polar * efficiency * air
 
     def _lookup(self, table, g):
-        idx = g - self.table_origin
-        inside = np.all((idx >= 0) & (idx < np.array(table.shape)), axis=-1)
-        idx = np.where(inside[..., None], idx, 0)
-        return np.where(inside, table[idx[..., 0], idx[..., 1], idx[..., 2]], 0.0)
+        """table at integer hkl g (..., 3); 0 outside it."""
+        idx = [g[..., i] - self.table_origin[i] for i in range(3)]
+        inside = (idx[0] >= 0) & (idx[0] < table.shape[0]) & (idx[1] >= 0) & (idx[1] < table.shape[1]) \
+            & (idx[2] >= 0) & (idx[2] < table.shape[2])
+        flat = (idx[0] * table.shape[1] + idx[1]) * table.shape[2] + idx[2]
+        return np.where(inside, table.ravel()[np.where(inside, flat, 0)], 0.0)
 
     def diffuse(self, hkl) -> np.ndarray:
         """Diffuse intensity I_D at fractional hkl (..., 3)."""
         p = self.params
         g = np.rint(hkl).astype(np.int64)
         delta_s = (hkl - g) @ self.A.T
-        halo = self._lookup(self.halo_weight, g) * np.exp(-np.sum(delta_s**2, -1) / (2 * p.halo_width**2))
+        halo = self._lookup(self.halo_weight, g) * np.exp(-_squared_norm(delta_s) / (2 * p.halo_width**2))
         env = np.exp(-np.einsum("...i,ij,...j->...", hkl, self.envelope, hkl))
         if self.absolute is not None:
             return self.absolute.diffuse_factor(np.linalg.norm(hkl @ self.A.T, axis=-1)) * env * (1.0 + p.halo_level * halo)
@@ -253,12 +255,12 @@ class SimulatedModel:
         p = self.params
         g = np.rint(hkl).astype(np.int64)
         delta_s = (hkl - g) @ self.A.T
-        s2 = np.sum((g @ self.A.T) ** 2, -1)
+        s2 = _squared_norm(g @ self.A.T)
         if self.absolute is not None:
             amp = self.absolute.bragg_amplitude(self._lookup(self.bragg_weight, g), np.sqrt(s2), p.bragg_width)
         else:
             amp = p.bragg_level * self._lookup(self.bragg_weight, g) * np.exp(-p.b_factor * s2 / 4)
-        return amp * np.exp(-np.sum(delta_s**2, -1) / (2 * p.bragg_width**2))
+        return amp * np.exp(-_squared_norm(delta_s) / (2 * p.bragg_width**2))
 
     def decay(self, z, sweep: int = 0) -> np.ndarray:
         """b(z) of a sweep: brightness × (1 − decay·z/(n−1))."""
@@ -293,6 +295,26 @@ class SimulatedModel:
 
     def rotation(self, phi_deg) -> np.ndarray:
         return Rotation.from_rotvec(np.deg2rad(phi_deg) * self.axis).as_matrix()
+
+
+def _squared_norm(v: np.ndarray) -> np.ndarray:
+    """Σ v_i² over the last axis (length 3), added in numpy's order, without a reduction over a
+    short axis (slow on the (ny, nx, 3) arrays of a frame)."""
+    return v[..., 0] * v[..., 0] + v[..., 1] * v[..., 1] + v[..., 2] * v[..., 2]
+
+
+_KEY_BITS, _KEY_OFFSET = 21, 1 << 20
+
+
+def _pack_keys(keys: np.ndarray) -> np.ndarray:
+    """(N, 3) voxel indices (|index| < 2²⁰) as one int64 each, ordered as the (h, k, l) tuples."""
+    shifted = keys + _KEY_OFFSET
+    return (shifted[:, 0] << 2 * _KEY_BITS) | (shifted[:, 1] << _KEY_BITS) | shifted[:, 2]
+
+
+def _unpack_keys(codes: np.ndarray) -> np.ndarray:
+    mask = (1 << _KEY_BITS) - 1
+    return np.stack([codes >> 2 * _KEY_BITS, (codes >> _KEY_BITS) & mask, codes & mask], axis=1) - _KEY_OFFSET
 
 
 def _hash_unit(integers, key) -> np.ndarray:
@@ -352,7 +374,7 @@ def simulate_dataset(outdir: str, params: SimulationParameters | str = "small", 
     gaps = model.gaps()
     flat = rng.choice(np.flatnonzero(~gaps.ravel()), params.n_dead + params.n_hot, replace=False)
     dead, hot = flat[: params.n_dead], flat[params.n_dead:]
-    visited = set()
+    visited = []  # packed voxel keys seen, per frame
     n = np.asarray(ndiv)
     bragg_pixels = np.zeros((params.n_sweeps, params.n_frames), dtype=np.int64)
     inv_a = np.linalg.inv(model.A)
@@ -392,8 +414,7 @@ def simulate_dataset(outdir: str, params: SimulationParameters | str = "small", 
             else:
                 write_cbf(os.path.join(outdir, "frames", frame_name(params, sweep, z)), counts.astype(np.int32),
                            params, model, z, phi_start)
-            keys = np.rint(hkl_mid[~gaps] * n).astype(np.int64)
-            visited.update(map(tuple, np.unique(keys, axis=0)))
+            visited.append(np.unique(_pack_keys(np.rint(hkl_mid[~gaps] * n).astype(np.int64))))
             bar.update(1)
         if writer is not None:
             writer.close()
@@ -401,7 +422,7 @@ def simulate_dataset(outdir: str, params: SimulationParameters | str = "small", 
     if params.n_sweeps == 1:
         write_xds(outdir, params, model, image_format)
     write_dials(outdir, params, model, image_format)
-    keys = np.array(sorted(visited), dtype=np.int64)
+    keys = _unpack_keys(np.unique(np.concatenate(visited)))  # sorted by (h, k, l)
     truth = voxel_truth(model, keys / n, ndiv)
     with h5py.File(os.path.join(outdir, "truth.h5"), "w") as f:
         f.attrs["parameters"] = json.dumps(asdict(params))
