@@ -203,7 +203,8 @@ def integration_parameters(args):
 
     return IntegrationParameters(ndiv=tuple(args.ndiv), dmin=args.dmin, wedge_degrees=args.wedge,
                                  wedge_frames=args.wedge_frames, frames=tuple(args.frames) if args.frames else None,
-                                 air=not args.no_air, histogram_max=getattr(args, "filter_max_count", None))
+                                 air=not args.no_air, histogram_max=getattr(args, "filter_max_count", None),
+                                 filter_ndiv=tuple(args.filter_ndiv) if getattr(args, "filter_ndiv", None) else None)
 
 
 def peak_parameters(args):
@@ -255,11 +256,15 @@ def add_bragg_mask(p):
                    help="peak-cloud: mask the pixels near allowed reflections of the peak model fitted in "
                         "find-peaks (default); statistical: exclude whole voxels whose pixel counts do not look "
                         "Poisson next to their neighbours (DESIGN §7; needs no peak model and no indexing of "
-                        "strong pixels; voxels of the integration grid, windows of radius 2 voxels, counts "
-                        "0-20 histogrammed); both; none")
+                        "strong pixels; voxels of --filter-ndiv, windows of radius 2 voxels, counts "
+                        "0-20 histogrammed; made for photon-counting data of a few counts per pixel); both; none")
     g.add_argument("--filter-max-count", type=COUNT, metavar="C",
                    help="statistical filter: histogram pixel counts 0…C per voxel (default 20); voxels with a count "
                         "above C are excluded, so C must lie above the diffuse counts per pixel-frame")
+    g.add_argument("--filter-ndiv", type=COUNT, nargs=3, metavar="N",
+                   help="statistical filter: its grid, subdivisions per Miller index (default 3 3 3: the "
+                        "integration grid at the default --ndiv); it must be --ndiv or --ndiv divided by an odd factor "
+                        "on each axis (e.g. 3 3 3 with --ndiv 9 9 9), whose voxels' histograms are then summed")
     g.add_argument("--no-bragg-mask", action="store_true", help="the same as --bragg-mask none")
     return g
 

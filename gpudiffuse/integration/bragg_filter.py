@@ -3,9 +3,12 @@ pass over the frames suffices: the filter excludes whole voxels, so the diffuse 
 excluded (voxel, wedge) move to the excluded (Bragg) record after the pass.
 
 Per sweep and wedge, the filter (``masking.statistical``) runs on that wedge's occupied voxels
-of the integration grid (the filter grid is the integration grid). A voxel excluded in wedge j is
-excluded from wedges j − 1, j and j + 1 of its sweep (both neighbours: a peak near a wedge
-boundary shows in either). The count histograms are dropped afterwards.
+of the filter grid: the integration grid, or that grid divided by an odd factor r per axis, whose
+voxel F = ⌊(H + (r − 1)/2) / r⌋ holds r³ whole integration voxels (histograms are sums, so the
+filter voxel's histogram is the sum of theirs, exactly what a pass on the filter grid would have
+collected). An excluded filter voxel takes every integration voxel inside it. A voxel excluded in
+wedge j is excluded from wedges j − 1, j and j + 1 of its sweep (both neighbours: a peak near a
+wedge boundary shows in either). The count histograms are dropped afterwards.
 """
 
 from __future__ import annotations
@@ -35,28 +38,51 @@ def _groups(rows: dict):
         yield int(pair[a, 0]), int(pair[a, 1]), slice(a, b)
 
 
-def _codes(rows: dict, where=slice(None)) -> np.ndarray:
-    """One int64 per (H, K, L) (voxel indices are far below 2²⁰ in magnitude)."""
-    h, k, l = (np.asarray(rows[c][where], dtype=np.int64) + (1 << 20) for c in ("H", "K", "L"))
+def _pack(voxels: np.ndarray) -> np.ndarray:
+    """One int64 per (H, K, L) row of ``voxels`` (indices are far below 2²⁰ in magnitude)."""
+    h, k, l = (voxels[:, i].astype(np.int64) + (1 << 20) for i in range(3))
     return (h << 42) | (k << 21) | l
 
 
-def apply_statistical_filter(diffuse: dict, excluded: dict, radius: float = 2.0) -> tuple[dict, dict, dict]:
+def _filter_voxels(rows: dict, where, ratio) -> np.ndarray:
+    """(n, 3) filter-grid voxels of the integration rows ``where``: F = ⌊(H + (r − 1)/2) / r⌋."""
+    voxels = np.column_stack([np.asarray(rows[c][where], dtype=np.int64) for c in ("H", "K", "L")])
+    return (voxels + (ratio - 1) // 2) // ratio
+
+
+def _pooled(voxels: np.ndarray, histogram: np.ndarray, overflow: np.ndarray):
+    """Histograms and overflow sums of the rows summed per filter voxel: (voxels, histogram,
+    overflow, inverse) with voxels in packed-key order and inverse mapping rows to them."""
+    codes = _pack(voxels)
+    unique, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(inverse[order]) != 0])
+    return (voxels[first], np.add.reduceat(histogram[order], starts, axis=0),
+            np.add.reduceat(overflow[order], starts), inverse)
+
+
+def apply_statistical_filter(diffuse: dict, excluded: dict, radius: float = 2.0, ndiv=(1, 1, 1),
+                             filter_ndiv=None) -> tuple[dict, dict, dict]:
     """Run the filter on every wedge of ``diffuse`` (rows with count histograms) and move the
-    excluded rows to ``excluded``. Returns (diffuse, excluded, summary) without histogram columns;
-    summary: per (batch, wedge) the voxels removed by the walk, with overflow and moved, and the
-    pixel-frames moved; and the moved rows' keys."""
+    excluded rows to ``excluded``. ``filter_ndiv``: the filter's grid, ``ndiv`` (the rows' grid,
+    the default) divided by odd factors. Returns (diffuse, excluded, summary) without histogram
+    columns; summary: per (batch, wedge) the filter voxels removed by the walk and with overflow,
+    the rows moved and their pixel-frames; the moved rows' keys; the filter grid."""
+    ratio = np.asarray(ndiv, np.int64) // np.asarray(filter_ndiv if filter_ndiv is not None else ndiv, np.int64)
     per_wedge, flagged = {}, {}
     for batch, wedge, rows in _groups(diffuse):
-        voxels = np.column_stack([diffuse[c][rows] for c in ("H", "K", "L")])
-        result = statistical_filter(voxels, diffuse["count_histogram"][rows], diffuse["overflow_counts"][rows], radius)
-        flagged[(batch, wedge)] = _codes(diffuse, rows)[result.excluded]
+        voxels = _filter_voxels(diffuse, rows, ratio)
+        histogram, overflow = diffuse["count_histogram"][rows], diffuse["overflow_counts"][rows]
+        if np.any(ratio > 1):
+            voxels, histogram, overflow, _ = _pooled(voxels, histogram, overflow)
+        result = statistical_filter(voxels, histogram, overflow, radius)
+        flagged[(batch, wedge)] = _pack(voxels[result.excluded])
         per_wedge[(batch, wedge)] = {"removed": int(result.removed.sum()), "overflow": int(result.overflow.sum()),
-                                     "summed_D": result.summed_D}
+                                     "summed_D": result.summed_D, "filter_voxels": len(voxels)}
     move = np.zeros(len(diffuse.get("H", [])), bool)
     for batch, wedge, rows in _groups(diffuse):
         around = [flagged.get((batch, w), np.zeros(0, np.int64)) for w in (wedge - 1, wedge, wedge + 1)]
-        move[rows] = np.isin(_codes(diffuse, rows), np.concatenate(around))
+        move[rows] = np.isin(_pack(_filter_voxels(diffuse, rows, ratio)), np.concatenate(around))
         per_wedge[(batch, wedge)]["moved"] = int(move[rows].sum())
         per_wedge[(batch, wedge)]["pixel_frames_moved"] = int(diffuse["pixels"][rows][move[rows]].sum())
     strip = {k: v for k, v in diffuse.items() if k not in HISTOGRAM_COLUMNS}
@@ -65,9 +91,10 @@ def apply_statistical_filter(diffuse: dict, excluded: dict, radius: float = 2.0)
     others = {k: v for k, v in excluded.items() if k not in HISTOGRAM_COLUMNS}
     combined = AccumulatorRecord.sum([AccumulatorRecord(others), AccumulatorRecord.from_columns(moved)]).rows() \
         if move.any() else others
-    summary = {"per_wedge": per_wedge, "moved_keys": {k: moved[k] for k in KEY} if move.any() else {}}
+    summary = {"per_wedge": per_wedge, "moved_keys": {k: moved[k] for k in KEY} if move.any() else {},
+               "filter_ndiv": tuple(int(n) for n in (filter_ndiv if filter_ndiv is not None else ndiv))}
     logger.info("statistical filter: %d of %d voxel-wedge rows (%d pixel-frames) moved to the excluded table; "
-                "%d voxels removed by the walk, %d with counts above c_max", int(move.sum()), len(move),
+                "%d filter voxels removed by the walk, %d with counts above c_max", int(move.sum()), len(move),
                 sum(w["pixel_frames_moved"] for w in per_wedge.values()), sum(w["removed"] for w in per_wedge.values()),
                 sum(w["overflow"] for w in per_wedge.values()))
     return kept, combined, summary

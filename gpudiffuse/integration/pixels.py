@@ -29,7 +29,9 @@ class IntegrationParameters:
     wedge_frames : frames per wedge instead (overrides wedge_degrees when set).
     chunk_size : frames decoded and processed together. frames : optional (first, last)
     1-based file numbers to process. air : apply the air-attenuation correction.
-    histogram_max : collect per-voxel count histograms c = 0 … histogram_max (None: off)."""
+    histogram_max : collect per-voxel count histograms c = 0 … histogram_max (None: off).
+    filter_ndiv : the statistical filter's grid (DESIGN §7), ndiv itself or ndiv divided by an odd
+    factor per axis, so that every integration voxel lies in one filter voxel (None: filter off)."""
 
     ndiv: tuple[int, int, int] = (3, 3, 3)
     dmin: float | None = None
@@ -39,6 +41,7 @@ class IntegrationParameters:
     frames: tuple[int, int] | None = None
     air: bool = True
     histogram_max: int | None = None
+    filter_ndiv: tuple[int, int, int] | None = None
 
     def __post_init__(self):
         ndiv = tuple(int(n) for n in self.ndiv)
@@ -55,6 +58,17 @@ class IntegrationParameters:
             raise GridError(f"chunk_size must be at least 1, got {self.chunk_size}")
         if self.histogram_max is not None and self.histogram_max < 1:
             raise GridError(f"histogram_max must be at least 1, got {self.histogram_max}")
+        if self.filter_ndiv is not None:
+            grid = tuple(int(n) for n in self.filter_ndiv)
+            if len(grid) != 3 or min(grid) < 1:
+                raise GridError(f"--filter-ndiv needs three positive integers, got {self.filter_ndiv}")
+            if any(n % m or (n // m) % 2 == 0 for n, m in zip(ndiv, grid)):
+                raise GridError(
+                    f"--filter-ndiv {' '.join(map(str, grid))}: the statistical filter's grid must be the integration "
+                    f"grid (--ndiv {' '.join(map(str, ndiv))}) or that grid divided by an odd factor on each axis, so "
+                    "that each integration voxel lies in one filter voxel (a coarser integration grid would need "
+                    "the filter's histograms in the same pass; not supported)")
+            object.__setattr__(self, "filter_ndiv", grid)
 
 
 def wedge_numbers(scan, frames: np.ndarray, params: IntegrationParameters) -> np.ndarray:

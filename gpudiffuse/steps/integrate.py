@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 
 BRAGG_MASKS = ("peak-cloud", "statistical", "both", "none")
+DEFAULT_FILTER_NDIV = (3, 3, 3)  # DESIGN §7
 
 
 def bragg_mask_method(value) -> str:
@@ -59,10 +60,15 @@ class IntegrateParameters:
 
     def __post_init__(self):
         object.__setattr__(self, "bragg_mask", bragg_mask_method(self.bragg_mask))
-        if self.statistical and self.integration.histogram_max is None:  # the filter needs the histograms
-            object.__setattr__(self, "integration", replace(self.integration, histogram_max=DEFAULT_HISTOGRAM_MAX))
-        elif not self.statistical and self.integration.histogram_max is not None:  # nothing would use them
-            object.__setattr__(self, "integration", replace(self.integration, histogram_max=None))
+        integration = self.integration
+        if self.statistical:  # the filter needs the histograms, and its grid
+            if integration.histogram_max is None:
+                integration = replace(integration, histogram_max=DEFAULT_HISTOGRAM_MAX)
+            if integration.filter_ndiv is None:
+                integration = replace(integration, filter_ndiv=default_filter_ndiv(integration.ndiv))
+        else:  # nothing would use them
+            integration = replace(integration, histogram_max=None, filter_ndiv=None)
+        object.__setattr__(self, "integration", integration)
 
     @property
     def peak_cloud(self) -> bool:
@@ -73,8 +79,21 @@ class IntegrateParameters:
         return self.bragg_mask in ("statistical", "both")
 
     def key_parameters(self) -> dict:
-        return {"integration": asdict(self.integration), "bragg_mask": self.bragg_mask,
+        integration = asdict(self.integration)
+        if integration["filter_ndiv"] is None:  # keys of runs without the filter stay as they were
+            del integration["filter_ndiv"]
+        return {"integration": integration, "bragg_mask": self.bragg_mask,
                 "background": os.path.abspath(self.background) if self.background else None}
+
+
+def default_filter_ndiv(ndiv) -> tuple:
+    """ndiv 3 3 3 (DESIGN §7), which is the integration grid itself at the default --ndiv; refused
+    (with what to do) when the integration grid is not 3 3 3 refined by odd factors."""
+    if all(n % 3 == 0 and (n // 3) % 2 == 1 for n in ndiv):
+        return DEFAULT_FILTER_NDIV
+    raise GridError(f"--bragg-mask statistical: the filter's default grid, ndiv 3 3 3, does not divide the integration "
+                    f"grid --ndiv {' '.join(map(str, ndiv))} by odd factors; integrate at --ndiv 3 3 3 (or 9 9 9, …), "
+                    "or give --filter-ndiv (the integration grid itself, or it divided by odd factors)")
 
 
 @dataclass(frozen=True)
@@ -141,7 +160,7 @@ def run_integrate(out: str, params: IntegrateParameters, engines: EngineChoice =
         peaks = (search or load_peaks(out)) if params.peak_cloud else None
         integration = _integrate(experiment, peaks, dmin, params, execution, progress)
         if params.statistical:
-            _filter(integration, experiment)
+            _filter(integration, experiment, params.integration.filter_ndiv)
         return integration
 
     return cached_step(out, "integrate", key, overwrite, compute,
@@ -177,19 +196,21 @@ def _integrate(experiment, search, dmin, params, execution, progress) -> Integra
                        tuple(params.integration.ndiv), float(dmin))
 
 
-def _filter(integration: Integration, experiment) -> None:
+def _filter(integration: Integration, experiment, filter_ndiv) -> None:
     """The statistical filter, in place: excluded rows move to the excluded table."""
     from ..integration.bragg_filter import apply_statistical_filter  # noqa: PLC0415
 
     rows = integration.diffuse
-    diffuse, excluded, summary = apply_statistical_filter(rows, integration.excluded)
+    diffuse, excluded, summary = apply_statistical_filter(rows, integration.excluded, ndiv=integration.ndiv,
+                                                          filter_ndiv=filter_ndiv)
     overflowing = sum(w["overflow"] for w in summary["per_wedge"].values())
-    if len(rows.get("H", [])) and overflowing > 0.5 * len(rows["H"]):
+    filter_voxels = sum(w["filter_voxels"] for w in summary["per_wedge"].values())
+    if filter_voxels and overflowing > 0.5 * filter_voxels:
         c_max = rows["count_histogram"].shape[1] - 1
         mean = float(rows["counts"].sum() / max(rows["pixels"].sum(), 1))
         # more than half the map would be lost (SNase's CCD stills: 4 rows of 456 069 left): refuse
         raise GridError(f"the statistical Bragg filter found counts above c_max = {c_max} in {overflowing} of "
-                        f"{len(rows['H'])} voxel-wedge rows (this data has {mean:.3g} counts per pixel-frame on "
+                        f"{filter_voxels} voxel-wedge rows (this data has {mean:.3g} counts per pixel-frame on "
                         "average): it is made for low-count (photon-counting) data; use --bragg-mask peak-cloud, or a "
                         "--filter-max-count above the diffuse counts per pixel-frame")
     crystal = experiment.sweeps[0].crystal
@@ -244,7 +265,9 @@ def _write_filter(entry, summary: dict) -> None:
     g = entry.create_group("statistical_filter")
     g.attrs["NX_class"] = "NXcollection"
     g.attrs["description"] = ("voxel-wedge rows the statistical Bragg filter (DESIGN §7) moved from the diffuse to "
-                              "the excluded table; per wedge and per resolution shell")
+                              "the excluded table; per wedge (filter voxels removed by the walk and with counts "
+                              "above c_max, rows and pixel-frames moved) and per resolution shell")
+    g.attrs["filter_ndiv"] = np.asarray(summary["filter_ndiv"], dtype=np.int64)
     moved = summary["moved_keys"]
     for key in ("batch", "wedge", "H", "K", "L"):
         g.create_dataset(f"moved_{key}", data=np.asarray(moved.get(key, np.zeros(0, np.int32))), compression="gzip")
@@ -252,7 +275,7 @@ def _write_filter(entry, summary: dict) -> None:
     table = g.create_group("per_wedge")
     table["batch"] = np.array([b for b, _ in wedges], dtype=np.int64)
     table["wedge"] = np.array([w for _, w in wedges], dtype=np.int64)
-    for name in ("removed", "overflow", "moved", "pixel_frames_moved"):
+    for name in ("removed", "overflow", "filter_voxels", "moved", "pixel_frames_moved"):
         table[name] = np.array([summary["per_wedge"][k][name] for k in wedges], dtype=np.int64)
     shells = g.create_group("shells")
     for name, values in summary["shells"].items():
@@ -271,7 +294,8 @@ def read_integration(path: str) -> Integration:
             g = entry["statistical_filter"]
             bragg_filter = {"moved_keys": {k: g[f"moved_{k}"][()] for k in ("batch", "wedge", "H", "K", "L")},
                             "per_wedge_table": {k: v[()] for k, v in g["per_wedge"].items()},
-                            "shells": {k: v[()] for k, v in g["shells"].items()}}
+                            "shells": {k: v[()] for k, v in g["shells"].items()},
+                            "filter_ndiv": tuple(int(n) for n in g.attrs.get("filter_ndiv", entry.attrs["ndiv"]))}
         return Integration(rows["diffuse"], rows["excluded"], profiles, int(entry.attrs["zingers"]),
                            tuple(int(n) for n in entry.attrs["ndiv"]), float(entry.attrs["dmin"]), bragg_filter)
 

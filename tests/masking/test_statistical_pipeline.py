@@ -93,3 +93,42 @@ def test_high_count_data_is_refused_with_a_reason(tiny_dataset, tmp_path, capsys
     err = capsys.readouterr().err
     assert "counts above c_max = 20 in" in err and "use --bragg-mask peak-cloud" in err
     assert not out.exists()
+
+
+def test_a_finer_integration_grid_is_filtered_on_the_filter_grid(low_dose, tmp_path):
+    """--ndiv 9 9 9 with --filter-ndiv 3 3 3: the 27 integration voxels of each filter voxel pool
+    their histograms, which must equal what the pass at --ndiv 3 3 3 collected itself; so the
+    filter removes the same filter voxels per wedge, and every moved 9-grid row lies in a filter
+    voxel that the 3 3 3 run moved."""
+    data, outs = low_dose
+    out = tmp_path / "fine"
+    assert main(["-q", "--no-progress", "import", "--xds", data, "-o", str(out)]) == 0
+    assert main(["-q", "--no-progress", "integrate", str(out), "--ndiv", "9", "9", "9", "--filter-ndiv", "3", "3", "3",
+                 "--device", "cpu", "--bragg-mask", "statistical", "--filter-max-count", "30"]) == 0
+
+    def filter_record(path):
+        with h5py.File(path / "integrate.nxs") as f:
+            g = f["entry/statistical_filter"]
+            table = {k: v[()] for k, v in g["per_wedge"].items()}
+            moved = np.column_stack([g[f"moved_{k}"][()] for k in ("wedge", "H", "K", "L")]).astype(np.int64)
+            return g.attrs["filter_ndiv"].tolist(), table, moved
+
+    grid, fine, fine_moved = filter_record(out)
+    coarse_grid, coarse, coarse_moved = filter_record(outs["statistical"])
+    assert grid == coarse_grid == [3, 3, 3]
+    for name in ("wedge", "filter_voxels", "removed", "overflow"):
+        np.testing.assert_array_equal(fine[name], coarse[name], err_msg=name)
+    assert fine["removed"].sum() > 0
+    fine_moved[:, 1:] = (fine_moved[:, 1:] + 1) // 3  # F = ⌊(H + 1)/3⌋
+    assert set(map(tuple, fine_moved)) == set(map(tuple, coarse_moved))
+
+
+def test_an_integration_grid_coarser_than_the_filter_grid_is_refused(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["process", "--no-report", "--xds", str(tiny_dataset), "-o", str(out), "--device", "cpu",
+                 "--ndiv", "1", "1", "1", "--bragg-mask", "statistical"]) == 1
+    assert "does not divide the integration grid --ndiv 1 1 1" in capsys.readouterr().err and not out.exists()
+    assert main(["process", "--no-report", "--xds", str(tiny_dataset), "-o", str(out), "--device", "cpu",
+                 "--ndiv", "9", "9", "9", "--filter-ndiv", "9", "3", "2", "--bragg-mask", "statistical"]) == 1
+    assert "--filter-ndiv 9 3 2: the statistical filter's grid must be" in capsys.readouterr().err
+    assert not out.exists()
