@@ -3,10 +3,12 @@ pass over the frames suffices: the filter excludes whole voxels, so the diffuse 
 excluded (voxel, wedge) move to the excluded (Bragg) record after the pass.
 
 Per sweep and wedge, the filter (``masking.statistical``) runs on that wedge's occupied voxels
-of the filter grid: the integration grid, or that grid divided by an odd factor r per axis, whose
-voxel F = ⌊(H + (r − 1)/2) / r⌋ holds r³ whole integration voxels (histograms are sums, so the
-filter voxel's histogram is the sum of theirs, exactly what a pass on the filter grid would have
-collected). An excluded filter voxel takes every integration voxel inside it. A voxel excluded in
+of the filter grid: the pass's grid, or that grid divided by an odd factor r per axis, whose voxel
+F = ⌊(H + (r − 1)/2) / r⌋ holds r³ whole voxels of the pass (histograms are sums, so the filter
+voxel's histogram is the sum of theirs, exactly what a pass on the filter grid would have
+collected). An excluded filter voxel takes every voxel of the pass inside it. (When --ndiv is the
+coarser grid, the pass runs on the filter grid and its rows are added up onto --ndiv afterwards,
+in ``steps.integrate``.) A voxel excluded in
 wedge j is excluded from wedges j − 1, j and j + 1 of its sweep (both neighbours: a peak near a
 wedge boundary shows in either). The count histograms are dropped afterwards.
 """
@@ -18,6 +20,7 @@ import logging
 import numpy as np
 
 from ..masking.statistical import statistical_filter
+from .pixels import coarser_voxels
 from .record import KEY, AccumulatorRecord
 
 __all__ = ["apply_statistical_filter", "HISTOGRAM_COLUMNS"]
@@ -45,9 +48,8 @@ def _pack(voxels: np.ndarray) -> np.ndarray:
 
 
 def _filter_voxels(rows: dict, where, ratio) -> np.ndarray:
-    """(n, 3) filter-grid voxels of the integration rows ``where``: F = ⌊(H + (r − 1)/2) / r⌋."""
-    voxels = np.column_stack([np.asarray(rows[c][where], dtype=np.int64) for c in ("H", "K", "L")])
-    return (voxels + (ratio - 1) // 2) // ratio
+    """(n, 3) filter-grid voxels of the integration rows ``where``."""
+    return coarser_voxels(np.column_stack([rows[c][where] for c in ("H", "K", "L")]), ratio)
 
 
 def _pooled(voxels: np.ndarray, histogram: np.ndarray, overflow: np.ndarray):
@@ -93,8 +95,10 @@ def apply_statistical_filter(diffuse: dict, excluded: dict, radius: float = 2.0,
         if move.any() else others
     summary = {"per_wedge": per_wedge, "moved_keys": {k: moved[k] for k in KEY} if move.any() else {},
                "filter_ndiv": tuple(int(n) for n in (filter_ndiv if filter_ndiv is not None else ndiv))}
-    logger.info("statistical filter: %d of %d voxel-wedge rows (%d pixel-frames) moved to the excluded table; "
-                "%d filter voxels removed by the walk, %d with counts above c_max", int(move.sum()), len(move),
+    logger.info("statistical filter on ndiv %s: %d of %d voxel-wedge rows of ndiv %s (%d pixel-frames) moved to the "
+                "excluded table; %d filter voxels removed by the walk, %d with counts above c_max",
+                " ".join(map(str, summary["filter_ndiv"])), int(move.sum()), len(move),
+                " ".join(str(int(n)) for n in ndiv),
                 sum(w["pixel_frames_moved"] for w in per_wedge.values()), sum(w["removed"] for w in per_wedge.values()),
                 sum(w["overflow"] for w in per_wedge.values()))
     return kept, combined, summary

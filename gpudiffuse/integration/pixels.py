@@ -30,8 +30,9 @@ class IntegrationParameters:
     chunk_size : frames decoded and processed together. frames : optional (first, last)
     1-based file numbers to process. air : apply the air-attenuation correction.
     histogram_max : collect per-voxel count histograms c = 0 … histogram_max (None: off).
-    filter_ndiv : the statistical filter's grid (DESIGN §7), ndiv itself or ndiv divided by an odd
-    factor per axis, so that every integration voxel lies in one filter voxel (None: filter off)."""
+    filter_ndiv : the statistical filter's grid (DESIGN §7), nested with ndiv on each axis (one a
+    multiple of the other by an odd factor); the pass runs on the finer of the two per axis
+    (:meth:`pass_ndiv`) and its sums are added up onto the coarser (None: filter off)."""
 
     ndiv: tuple[int, int, int] = (3, 3, 3)
     dmin: float | None = None
@@ -62,13 +63,34 @@ class IntegrationParameters:
             grid = tuple(int(n) for n in self.filter_ndiv)
             if len(grid) != 3 or min(grid) < 1:
                 raise GridError(f"--filter-ndiv needs three positive integers, got {self.filter_ndiv}")
-            if any(n % m or (n // m) % 2 == 0 for n, m in zip(ndiv, grid)):
+            if not all(nested_grids(n, m) for n, m in zip(ndiv, grid)):
                 raise GridError(
-                    f"--filter-ndiv {' '.join(map(str, grid))}: the statistical filter's grid must be the integration "
-                    f"grid (--ndiv {' '.join(map(str, ndiv))}) or that grid divided by an odd factor on each axis, so "
-                    "that each integration voxel lies in one filter voxel (a coarser integration grid would need "
-                    "the filter's histograms in the same pass; not supported)")
+                    f"--filter-ndiv {' '.join(map(str, grid))}: the statistical filter's grid and the integration grid "
+                    f"(--ndiv {' '.join(map(str, ndiv))}) must nest on each axis, one a multiple of the other by an "
+                    "odd factor (1, 3, 5, …), so that every voxel of the finer grid lies in one voxel of the coarser")
             object.__setattr__(self, "filter_ndiv", grid)
+
+
+    @property
+    def pass_ndiv(self) -> tuple[int, int, int]:
+        """The grid of the streaming pass: ndiv, or per axis the finer filter grid."""
+        if self.filter_ndiv is None:
+            return self.ndiv
+        return tuple(max(n, m) for n, m in zip(self.ndiv, self.filter_ndiv))
+
+
+def nested_grids(n: int, m: int) -> bool:
+    """Whether n and m subdivisions per index nest: one is the other times an odd factor, so that
+    (with voxels centred on multiples of 1/n) every finer voxel lies inside one coarser voxel."""
+    fine, coarse = max(n, m), min(n, m)
+    return fine % coarse == 0 and (fine // coarse) % 2 == 1
+
+
+def coarser_voxels(voxels: np.ndarray, ratio) -> np.ndarray:
+    """Voxel indices (..., 3) of a grid refined by the odd ``ratio`` per axis → the coarser grid's:
+    F = ⌊(H + (r − 1)/2) / r⌋ (the coarser voxel whose centre is nearest)."""
+    ratio = np.asarray(ratio, dtype=np.int64)
+    return (np.asarray(voxels, dtype=np.int64) + (ratio - 1) // 2) // ratio
 
 
 def wedge_numbers(scan, frames: np.ndarray, params: IntegrationParameters) -> np.ndarray:

@@ -20,7 +20,8 @@ from ..errors import DeviceError, GridError
 from ..grid import VoxelGrid
 from ..integration import IntegrationParameters
 from ..integration.blocks import Execution
-from ..integration.record import DEFAULT_HISTOGRAM_MAX, FIELDS
+from ..integration.pixels import coarser_voxels, nested_grids
+from ..integration.record import DEFAULT_HISTOGRAM_MAX, FIELDS, AccumulatorRecord
 from ..io.nexus import atomic_nexus, create_step_entry
 from ..masking.peaks import absent_table
 from ..merge import equal_volume_edges, voxel_s
@@ -87,13 +88,13 @@ class IntegrateParameters:
 
 
 def default_filter_ndiv(ndiv) -> tuple:
-    """ndiv 3 3 3 (DESIGN §7), which is the integration grid itself at the default --ndiv; refused
-    (with what to do) when the integration grid is not 3 3 3 refined by odd factors."""
-    if all(n % 3 == 0 and (n // 3) % 2 == 1 for n in ndiv):
+    """ndiv 3 3 3 (DESIGN §7; the integration grid itself at the default --ndiv), when it nests with
+    the integration grid (--ndiv 1, 3, 9, 15, … per axis); refused, with what to do, otherwise."""
+    if all(nested_grids(n, m) for n, m in zip(ndiv, DEFAULT_FILTER_NDIV)):
         return DEFAULT_FILTER_NDIV
-    raise GridError(f"--bragg-mask statistical: the filter's default grid, ndiv 3 3 3, does not divide the integration "
-                    f"grid --ndiv {' '.join(map(str, ndiv))} by odd factors; integrate at --ndiv 3 3 3 (or 9 9 9, …), "
-                    "or give --filter-ndiv (the integration grid itself, or it divided by odd factors)")
+    raise GridError(f"--bragg-mask statistical: the filter's default grid, ndiv 3 3 3, does not nest with the "
+                    f"integration grid --ndiv {' '.join(map(str, ndiv))} (one must be the other times an odd factor "
+                    "on each axis); integrate at --ndiv 1, 3 or 9 per axis, or give --filter-ndiv")
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,7 @@ def run_integrate(out: str, params: IntegrateParameters, engines: EngineChoice =
         integration = _integrate(experiment, peaks, dmin, params, execution, progress)
         if params.statistical:
             _filter(integration, experiment, params.integration.filter_ndiv)
+            _coarsen(integration, params.integration.ndiv)
         return integration
 
     return cached_step(out, "integrate", key, overwrite, compute,
@@ -173,7 +175,9 @@ def _integrate(experiment, search, dmin, params, execution, progress) -> Integra
     from ..progress import progress_bar  # noqa: PLC0415
 
     crystal = experiment.sweeps[0].crystal
-    grid = VoxelGrid.for_crystal(crystal.real_space_axes, dmin * 0.98, params.integration.ndiv)
+    # the filter's grid when it is finer than --ndiv: its voxels are added up onto --ndiv afterwards
+    integration = replace(params.integration, ndiv=params.integration.pass_ndiv)
+    grid = VoxelGrid.for_crystal(crystal.real_space_axes, dmin * 0.98, integration.ndiv)
     absent = absent_table(crystal.space_group, grid.hmax) if search is not None else None
     logger.info("integration engine: %s", execution.engine)
     tasks = []
@@ -182,8 +186,8 @@ def _integrate(experiment, search, dmin, params, execution, progress) -> Integra
         if search is not None:
             mask = mask & ~search.hot_pixels[i]
             threshold = search.thresholds[i]
-        for frames in wedge_blocks(sweep, params.integration, execution.blocks_per_sweep):
-            tasks.append(BlockTask(sweep, mask, dmin, grid, params.integration, frames, execution.engine, threshold,
+        for frames in wedge_blocks(sweep, integration, execution.blocks_per_sweep):
+            tasks.append(BlockTask(sweep, mask, dmin, grid, integration, frames, execution.engine, threshold,
                                    None if search is None else search.model, absent, params.background))
     bar = progress_bar(progress, total=sum(len(t.frames) for t in tasks), desc="integrate", unit="frame")
     result = run_blocks(tasks, execution, bar)
@@ -193,7 +197,23 @@ def _integrate(experiment, search, dmin, params, execution, progress) -> Integra
     profiles = {batch: {"counts": result.profile_counts[batch], "kt": result.profile_kt[batch]}
                 for batch in result.profile_counts}
     return Integration(result.diffuse.rows(), result.excluded.rows(), profiles, int(result.zingers),
-                       tuple(params.integration.ndiv), float(dmin))
+                       tuple(integration.ndiv), float(dmin))
+
+
+def _coarsen(integration: Integration, ndiv) -> None:
+    """Add the rows of a pass on a finer (nested) grid up onto ``ndiv``, in place: every field is a
+    sum over pixel-frames, so this is what a pass on ``ndiv`` gives (integers exactly)."""
+    if tuple(integration.ndiv) == tuple(ndiv):
+        return
+    ratio = np.asarray(integration.ndiv) // np.asarray(ndiv)
+    for name in ("diffuse", "excluded"):
+        rows = dict(getattr(integration, name))
+        if rows.get("H") is not None and len(rows["H"]):
+            voxels = coarser_voxels(np.column_stack([rows[c] for c in ("H", "K", "L")]), ratio)
+            rows["H"], rows["K"], rows["L"] = voxels.T
+            rows = AccumulatorRecord.from_columns(rows).rows()
+        setattr(integration, name, rows)
+    integration.ndiv = tuple(int(n) for n in ndiv)
 
 
 def _filter(integration: Integration, experiment, filter_ndiv) -> None:

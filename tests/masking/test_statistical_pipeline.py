@@ -123,12 +123,48 @@ def test_a_finer_integration_grid_is_filtered_on_the_filter_grid(low_dose, tmp_p
     assert set(map(tuple, fine_moved)) == set(map(tuple, coarse_moved))
 
 
-def test_an_integration_grid_coarser_than_the_filter_grid_is_refused(tiny_dataset, tmp_path, capsys):
+def test_a_coarser_integration_grid_is_the_filter_grid_added_up(low_dose, tmp_path):
+    """--ndiv 1 1 1 with the filter's default grid, 3 3 3: the pass runs on 3 3 3, the filter there,
+    and the rows are added up onto integer hkl. Against two independent passes: diffuse +
+    excluded equals a 1 1 1 pass without any mask (counts and pixel-frames exactly, float sums
+    to rounding), and the excluded counts are those the 3 3 3 run moved."""
+    data, outs = low_dose
+    runs = {}
+    for name, mask in (("filtered", "statistical"), ("plain", "none")):
+        runs[name] = tmp_path / name
+        assert main(["-q", "--no-progress", "import", "--xds", data, "-o", str(runs[name])]) == 0
+        assert main(["-q", "--no-progress", "integrate", str(runs[name]), "--ndiv", "1", "1", "1", "--device", "cpu",
+                     "--bragg-mask", mask, "--filter-max-count", "30"]) == 0
+
+    def tables(path):
+        with h5py.File(path / "integrate.nxs") as f:
+            return ({name: {k: v[()] for k, v in f[f"entry/{name}"].items()} for name in ("diffuse", "excluded")},
+                    f["entry"].attrs["ndiv"].tolist())
+
+    (filtered, ndiv), (plain, _) = tables(runs["filtered"]), tables(runs["plain"])
+    assert ndiv == [1, 1, 1] and len(plain["excluded"].get("H", [])) == 0
+    keys = ("batch", "wedge", "H", "K", "L")
+
+    def by_key(rows, column):
+        return {k: v for k, v in zip(zip(*(rows[c] for c in keys)), rows[column])}
+
+    for column in ("counts", "pixels", "frame_sum", "kt_sum", "s_sum"):
+        total = by_key(filtered["diffuse"], column)
+        for key, value in by_key(filtered["excluded"], column).items():
+            total[key] = total.get(key, 0) + value
+        expected = by_key(plain["diffuse"], column)
+        assert total.keys() == expected.keys()
+        np.testing.assert_allclose([total[k] for k in expected], list(expected.values()), rtol=1e-12, err_msg=column)
+    moved, _ = tables(outs["statistical"])
+    assert filtered["excluded"]["counts"].sum() == moved["excluded"]["counts"].sum() > 0
+
+
+def test_grids_that_do_not_nest_are_refused(tiny_dataset, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["process", "--no-report", "--xds", str(tiny_dataset), "-o", str(out), "--device", "cpu",
-                 "--ndiv", "1", "1", "1", "--bragg-mask", "statistical"]) == 1
-    assert "does not divide the integration grid --ndiv 1 1 1" in capsys.readouterr().err and not out.exists()
+                 "--ndiv", "2", "2", "2", "--bragg-mask", "statistical"]) == 1
+    assert "does not nest with the integration grid --ndiv 2 2 2" in capsys.readouterr().err and not out.exists()
     assert main(["process", "--no-report", "--xds", str(tiny_dataset), "-o", str(out), "--device", "cpu",
                  "--ndiv", "9", "9", "9", "--filter-ndiv", "9", "3", "2", "--bragg-mask", "statistical"]) == 1
-    assert "--filter-ndiv 9 3 2: the statistical filter's grid must be" in capsys.readouterr().err
+    assert "--filter-ndiv 9 3 2: the statistical filter's grid and the integration grid" in capsys.readouterr().err
     assert not out.exists()
