@@ -26,6 +26,7 @@ class ReportData:
     provenance: dict         # step → {parameters, elapsed_s, command_line, device…}
     dmin: float
     absolute: object = None  # steps.absolute.AbsoluteResult when the folder holds absolute.nxs
+    bragg_filter: dict | None = None  # the statistical filter's record in integrate.nxs, when it ran
 
 
 def load_report_data(out: str) -> ReportData:
@@ -44,10 +45,22 @@ def load_report_data(out: str) -> ReportData:
     integrate_key = provenance["integrate"]["parameters"]
     peaks = read_peaks(step_path(out, "find_peaks")) if integrate_key["reads"].get("find_peaks") else None
     with h5py.File(step_path(out, "integrate"), "r") as handle:
-        dmin = float(handle["entry"].attrs["dmin"])
+        entry = handle["entry"]
+        dmin = float(entry.attrs["dmin"])
+        bragg_filter = _read_filter(entry["statistical_filter"], entry.attrs["ndiv"]) \
+            if "statistical_filter" in entry else None
     absolute = load_absolute(out) if merged.units == ABSOLUTE_UNITS else None
     return ReportData(out, experiment, read_map(step_path(out, "map")), merged, _read_scale(step_path(out, "scale")),
-                      peaks, provenance, dmin, absolute)
+                      peaks, provenance, dmin, absolute, bragg_filter)
+
+
+def _read_filter(group, ndiv) -> dict:
+    """Filter grid (files from before --filter-ndiv: the integration grid), per-wedge table and
+    per-shell fractions of the statistical filter's record."""
+    return {"filter_ndiv": tuple(int(n) for n in group.attrs.get("filter_ndiv", ndiv)),
+            "per_wedge": {k: v[()] for k, v in group["per_wedge"].items()},
+            "shells": {k: v[()] for k, v in group["shells"].items()},
+            "moved_rows": int(group["moved_H"].shape[0])}
 
 
 def _provenance(path: str) -> dict:

@@ -94,9 +94,24 @@ def _module_factors(ax, data, d, figure):
     _colorbar(figure, shown, ax, "d (dimensionless)")
 
 
+def _filter_panel(ax, record: dict) -> None:
+    """The statistical filter works on voxels, not pixels: the share of voxel-wedge rows it moved
+    to the excluded table, per resolution shell."""
+    shells = record["shells"]
+    d_min, fraction = shells["d_min"], 100 * np.nan_to_num(shells["fraction_moved"])
+    ax.bar(np.arange(len(d_min)), fraction, color="0.3")
+    ax.set_xticks(np.arange(len(d_min)), [f"{d:.2f}" for d in d_min], rotation=60, fontsize=7)
+    ax.set(xlabel="shell (d_min, Å)", ylabel="voxel-wedge rows excluded (%)")
+    grid = " ".join(map(str, record["filter_ndiv"]))
+    per_wedge = record["per_wedge"]
+    ax.set_title(f"statistical filter on ndiv {grid}: {int(per_wedge['removed'].sum())} voxel-wedges\n"
+                 f"removed by the walk, {int(per_wedge['overflow'].sum())} with counts above c_max", fontsize=10)
+
+
 def mask_figure(data) -> Figure:
     """The middle frame of the first sweep: its counts, the static pixel mask (with hot pixels),
-    and the pixels the Bragg model masks on that frame."""
+    and the pixels the Bragg model masks on that frame (or, for the statistical filter, which
+    excludes voxels rather than pixels, the share of rows it excluded per shell)."""
     from ..geometry.vectors import sweep_fractional_hkl  # noqa: PLC0415
     from ..io.frames import FrameSource  # noqa: PLC0415
     from ..masking.peaks import absent_table, bragg_mask  # noqa: PLC0415
@@ -123,12 +138,18 @@ def mask_figure(data) -> Figure:
         axes[2].imshow(~(bragg & static), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         axes[2].set_title(f"Bragg mask on this frame: black = masked ({100 * (bragg & static).mean():.2f} %)",
                           fontsize=10)
+    elif data.bragg_filter is not None:
+        _filter_panel(axes[2], data.bragg_filter)
     else:
-        axes[2].text(0.5, 0.5, "no Bragg mask (--no-bragg-mask)", ha="center", va="center")
+        axes[2].text(0.5, 0.5, "no Bragg mask (--bragg-mask none)", ha="center", va="center")
         axes[2].set_axis_off()
     for ax in axes[:2]:
         ax.set(xlabel="fast pixel", ylabel="slow pixel")
     if data.peaks is not None:
         axes[2].set(xlabel="fast pixel", ylabel="slow pixel")
+        if data.bragg_filter is not None:  # --bragg-mask both: the filter's share in the title
+            moved = 100 * np.nanmean(data.bragg_filter["shells"]["fraction_moved"])
+            axes[2].set_title(axes[2].get_title() + f"\n+ statistical filter: {moved:.2f} % of voxel-wedge rows",
+                              fontsize=10)
     figure.suptitle("Masks on one frame", fontsize=11)
     return figure

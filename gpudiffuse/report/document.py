@@ -47,7 +47,8 @@ FIGURES = (
     ("absolute_scale", "Absolute scale", "k(S) = I_theo(S)/I_obs(S) from the sum rule (DESIGN §12) and the shell "
      "means it rests on; only when the folder holds absolute.nxs.", absolute_figure),
     ("masks", "Masks on one frame", "The frame's counts, the static pixel mask and the pixels the Bragg model "
-     "masks on it.", mask_figure),
+     "masks on it; with the statistical filter, which excludes whole voxels after the pass, the share of "
+     "voxel-wedge rows it excluded per shell.", mask_figure),
 )
 
 
@@ -137,6 +138,16 @@ def summary_lines(data) -> list[str]:
     merged = data.merged
     lines += ["", f"merged {len(merged.merged['intensity'])} ASU voxels, {merged.rejected} outliers rejected, "
               f"scale mode {merged.scale_mode}"]
+    integrate = provenance.get("integrate", {}).get("parameters", {}).get("parameters", {})
+    if integrate.get("bragg_mask"):
+        line = f"Bragg mask: {integrate['bragg_mask']}"
+        if data.bragg_filter is not None:
+            f = data.bragg_filter
+            line += (f"; statistical filter on ndiv {' '.join(map(str, f['filter_ndiv']))}, "
+                     f"{int(f['per_wedge']['removed'].sum())} filter voxel-wedges removed by the walk and "
+                     f"{int(f['per_wedge']['overflow'].sum())} with counts above c_max over "
+                     f"{len(f['per_wedge']['wedge'])} wedges, {f['moved_rows']} voxel-wedge rows moved")
+        lines.append(line)
     return lines
 
 

@@ -221,3 +221,15 @@ def test_wrong_geometry_the_filter_still_excludes_the_bragg_peaks(low_dose, tmp_
     # 0.27 % → 50 %), and still misses peaks that drifted outside it
     right, broad = pixel_frames_excluded(low_dose[1]["peak-cloud"]), pixel_frames_excluded(outs["peak-cloud"])
     assert broad > 10 * right, (right, broad)
+
+
+def test_the_report_shows_the_filter(low_dose, tmp_path):
+    """The statistical filter excludes voxels, not pixels: the report says so (summary line, and
+    the third mask panel shows the rows excluded per shell instead of 'no Bragg mask')."""
+    import shutil
+
+    out = shutil.copytree(low_dose[1]["statistical"], tmp_path / "out")
+    assert main(["-q", "report", str(out)]) == 0
+    html = (out / "report.html").read_text()
+    assert "Bragg mask: statistical; statistical filter on ndiv 3 3 3" in html
+    assert "no Bragg mask" not in html and (out / "report" / "masks.png").stat().st_size > 10_000
