@@ -4,6 +4,7 @@ groups the subcommands share, and the step parameters built from parsed argument
 from __future__ import annotations
 
 import argparse
+import logging
 
 from .errors import UsageError
 from .integration.pixels import DEFAULT_WEDGE_DEGREES
@@ -200,6 +201,12 @@ def scale_options(args):
 
 def integration_parameters(args):
     from .integration import IntegrationParameters  # noqa: PLC0415
+
+    filter_options = getattr(args, "filter_max_count", None) is not None or getattr(args, "filter_ndiv", None)
+    if filter_options and bragg_mask_choice(args) not in ("statistical", "both"):
+        logging.getLogger("gpudiffuse").warning("--filter-max-count and --filter-ndiv apply to --bragg-mask "
+                                                "statistical or both; ignored with --bragg-mask %s",
+                                                bragg_mask_choice(args))
 
     return IntegrationParameters(ndiv=tuple(args.ndiv), dmin=args.dmin, wedge_degrees=args.wedge,
                                  wedge_frames=args.wedge_frames, frames=tuple(args.frames) if args.frames else None,
