@@ -269,9 +269,11 @@ def add_bragg_mask(p):
                    help="statistical filter: histogram pixel counts 0…C per voxel (default 20); voxels with a count "
                         "above C are excluded, so C must lie above the diffuse counts per pixel-frame")
     g.add_argument("--filter-ndiv", type=COUNT, nargs=3, metavar="N",
-                   help="statistical filter: its grid, subdivisions per Miller index (default 3 3 3: the "
-                        "integration grid at the default --ndiv); it must be --ndiv or --ndiv divided by an odd factor "
-                        "on each axis (e.g. 3 3 3 with --ndiv 9 9 9), whose voxels' histograms are then summed")
+                   help="statistical filter: its grid, subdivisions per Miller index (default 3 3 3, the "
+                        "integration grid at the default --ndiv). It must nest with --ndiv on each axis, one the other "
+                        "times an odd factor: with a finer --ndiv (9 9 9) the histograms of its voxels are pooled "
+                        "onto the filter grid; with a coarser one (1 1 1) the pass runs on the filter grid and is "
+                        "added up onto --ndiv")
     g.add_argument("--no-bragg-mask", action="store_true", help="the same as --bragg-mask none")
     return g
 

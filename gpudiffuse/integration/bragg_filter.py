@@ -7,10 +7,10 @@ of the filter grid: the pass's grid, or that grid divided by an odd factor r per
 F = ⌊(H + (r − 1)/2) / r⌋ holds r³ whole voxels of the pass (histograms are sums, so the filter
 voxel's histogram is the sum of theirs, exactly what a pass on the filter grid would have
 collected). An excluded filter voxel takes every voxel of the pass inside it. (When --ndiv is the
-coarser grid, the pass runs on the filter grid and its rows are added up onto --ndiv afterwards,
-in ``steps.integrate``.) A voxel excluded in
-wedge j is excluded from wedges j − 1, j and j + 1 of its sweep (both neighbours: a peak near a
-wedge boundary shows in either). The count histograms are dropped afterwards.
+coarser grid, the pass runs on the filter grid and ``steps.integrate`` adds its rows up onto
+--ndiv afterwards.) A voxel excluded in wedge j is excluded from wedges j − 1, j and j + 1 of its
+sweep (both neighbours: a peak near a wedge boundary shows in either). The count histograms are
+dropped afterwards.
 """
 
 from __future__ import annotations
@@ -53,21 +53,19 @@ def _filter_voxels(rows: dict, where, ratio) -> np.ndarray:
 
 
 def _pooled(voxels: np.ndarray, histogram: np.ndarray, overflow: np.ndarray):
-    """Histograms and overflow sums of the rows summed per filter voxel: (voxels, histogram,
-    overflow, inverse) with voxels in packed-key order and inverse mapping rows to them."""
-    codes = _pack(voxels)
-    unique, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
+    """(voxels, histograms, overflow sums) of the rows added up per distinct voxel, in packed-key
+    order (integer sums: exact)."""
+    _, first, inverse = np.unique(_pack(voxels), return_index=True, return_inverse=True)
     order = np.argsort(inverse, kind="stable")
     starts = np.flatnonzero(np.r_[True, np.diff(inverse[order]) != 0])
-    return (voxels[first], np.add.reduceat(histogram[order], starts, axis=0),
-            np.add.reduceat(overflow[order], starts), inverse)
+    return voxels[first], np.add.reduceat(histogram[order], starts, axis=0), np.add.reduceat(overflow[order], starts)
 
 
-def apply_statistical_filter(diffuse: dict, excluded: dict, radius: float = 2.0, ndiv=(1, 1, 1),
-                             filter_ndiv=None) -> tuple[dict, dict, dict]:
-    """Run the filter on every wedge of ``diffuse`` (rows with count histograms) and move the
-    excluded rows to ``excluded``. ``filter_ndiv``: the filter's grid, ``ndiv`` (the rows' grid,
-    the default) divided by odd factors. Returns (diffuse, excluded, summary) without histogram
+def apply_statistical_filter(diffuse: dict, excluded: dict, ndiv, filter_ndiv=None,
+                             radius: float = 2.0) -> tuple[dict, dict, dict]:
+    """Run the filter on every wedge of ``diffuse`` (rows with count histograms, on grid ``ndiv``)
+    and move the excluded rows to ``excluded``. ``filter_ndiv``: the filter's grid, ``ndiv``
+    (the default) divided by odd factors. Returns (diffuse, excluded, summary) without histogram
     columns; summary: per (batch, wedge) the filter voxels removed by the walk and with overflow,
     the rows moved and their pixel-frames; the moved rows' keys; the filter grid."""
     ratio = np.asarray(ndiv, np.int64) // np.asarray(filter_ndiv if filter_ndiv is not None else ndiv, np.int64)
@@ -76,7 +74,7 @@ def apply_statistical_filter(diffuse: dict, excluded: dict, radius: float = 2.0,
         voxels = _filter_voxels(diffuse, rows, ratio)
         histogram, overflow = diffuse["count_histogram"][rows], diffuse["overflow_counts"][rows]
         if np.any(ratio > 1):
-            voxels, histogram, overflow, _ = _pooled(voxels, histogram, overflow)
+            voxels, histogram, overflow = _pooled(voxels, histogram, overflow)
         result = statistical_filter(voxels, histogram, overflow, radius)
         flagged[(batch, wedge)] = _pack(voxels[result.excluded])
         per_wedge[(batch, wedge)] = {"removed": int(result.removed.sum()), "overflow": int(result.overflow.sum()),

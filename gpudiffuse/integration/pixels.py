@@ -70,7 +70,6 @@ class IntegrationParameters:
                     "odd factor (1, 3, 5, …), so that every voxel of the finer grid lies in one voxel of the coarser")
             object.__setattr__(self, "filter_ndiv", grid)
 
-
     @property
     def pass_ndiv(self) -> tuple[int, int, int]:
         """The grid of the streaming pass: ndiv, or per axis the finer filter grid."""

@@ -52,8 +52,8 @@ def bragg_mask_method(value) -> str:
 class IntegrateParameters:
     """What the streaming pass computes: the grid and wedges (``IntegrationParameters``), the Bragg
     mask (``peak-cloud``: the model of ``peaks.nxs`` applied per pixel; ``statistical``: the count
-    filter of DESIGN §7 on the integration grid, after the pass; ``both``; ``none``), and an
-    optional background run (image template)."""
+    filter of DESIGN §7 on its own grid, ``integration.filter_ndiv`` (default 3 3 3), after the
+    pass; ``both``; ``none``), and an optional background run (image template)."""
 
     integration: IntegrationParameters = field(default_factory=IntegrationParameters)
     bragg_mask: str = "peak-cloud"
