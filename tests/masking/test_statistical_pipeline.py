@@ -233,3 +233,16 @@ def test_the_report_shows_the_filter(low_dose, tmp_path):
     html = (out / "report.html").read_text()
     assert "Bragg mask: statistical; statistical filter on ndiv 3 3 3" in html
     assert "no Bragg mask" not in html and (out / "report" / "masks.png").stat().st_size > 10_000
+
+
+def test_histograms_too_large_for_the_memory_are_refused(tiny_dataset, tmp_path, capsys, monkeypatch):
+    """A --filter-max-count far above the data's counts would make the host engines' histograms
+    outgrow the memory: the pass stops in one line naming the option, with nothing written."""
+    from gpudiffuse.integration.engines import base
+
+    monkeypatch.setattr(base, "memory_budget", lambda: 200e6)  # stands for half a small machine's memory
+    out = tmp_path / "out"
+    assert main(["process", "--no-report", "--xds", str(tiny_dataset), "-o", str(out), "--device", "cpu",
+                 "--nproc", "1", "--bragg-mask", "statistical", "--filter-max-count", "5000"]) == 1
+    err = capsys.readouterr().err
+    assert "count histograms of 5001 bins per voxel (--filter-max-count 5000); lower it" in err and not out.exists()

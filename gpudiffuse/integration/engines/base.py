@@ -16,11 +16,12 @@ same order, so voxel assignments agree exactly between engines.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
 
-from ...errors import DeviceError
+from ...errors import DeviceError, GridError
 from ..record import float_fields, int_fields
 
 __all__ = ["SweepContext", "BraggTest", "EngineSums", "RowTable", "HostAccumulators", "collect_sets", "register_engine", "engine_class", "ENGINES",
@@ -118,6 +119,14 @@ class RowTable:
         self._cells, self.n_rows = [], 0
 
 
+def memory_budget() -> float | None:
+    """Bytes the accumulators of one engine may take: half the physical memory (None: unknown)."""
+    try:
+        return 0.5 * float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 class HostAccumulators:
     """The two accumulator sets of a host engine: ``ints`` (2, rows·n_sub, int fields),
     ``floats`` (2, rows·n_sub, float fields), ``hist`` (2, rows·n_sub, c_max + 1) — a (2, 1, 1)
@@ -134,6 +143,7 @@ class HostAccumulators:
 
     def _allocate(self, capacity):
         size = capacity * self.n_sub
+        self._check_memory(size)
         ints = np.zeros((2, size, len(self.int_names)), np.int64)
         floats = np.zeros((2, size, len(self.float_names)), np.float64)
         hist = np.zeros((2, size if self.c_max >= 0 else 1, max(self.c_max, 0) + 1), np.int64)
@@ -143,6 +153,20 @@ class HostAccumulators:
             if self.c_max >= 0:
                 hist[:, :used] = self.hist
         self.ints, self.floats, self.hist, self.capacity = ints, floats, hist, capacity
+
+    def _check_memory(self, size: int) -> None:
+        """Refuse, in one line, accumulators (old and new arrays while they grow) beyond half the
+        memory, instead of running the machine out of it: the count histograms are the usual cause."""
+        bins = self.c_max + 1 if self.c_max >= 0 else 0
+        per_row = 2 * 8 * (len(self.int_names) + len(self.float_names) + bins)
+        need = 1.5 * size * per_row
+        budget = memory_budget()
+        if budget is not None and need > budget:
+            cause = (f"count histograms of {bins} bins per voxel (--filter-max-count {self.c_max}); lower it, or "
+                     if bins else "")
+            raise GridError(f"the integration pass would need {need / 2**30:.3g} GiB for {size} voxels of this "
+                            f"block, more than half this machine's memory: {cause}use a coarser --ndiv or more "
+                            "blocks (--nproc, Dask)")
 
     def assign(self, cells: np.ndarray) -> None:
         """Rows for the cells (unique, flat) that have none; grow the arrays if needed."""
