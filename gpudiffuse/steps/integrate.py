@@ -229,8 +229,10 @@ def _filter(integration: Integration, experiment, filter_ndiv) -> None:
         c_max = rows["count_histogram"].shape[1] - 1
         mean = float(rows["counts"].sum() / max(rows["pixels"].sum(), 1))
         # more than half the map would be lost (SNase's CCD stills: 4 rows of 456 069 left): refuse
-        raise GridError(f"the statistical Bragg filter found counts above c_max = {c_max} in {overflowing} of "
-                        f"{filter_voxels} voxel-wedge rows (this data has {mean:.3g} counts per pixel-frame on "
+        grid = " ".join(map(str, summary["filter_ndiv"]))
+        raise GridError(f"the statistical Bragg filter found counts above c_max = {c_max} in {overflowing} of the "
+                        f"{filter_voxels} voxel-wedges of its grid (ndiv {grid}) (this data has {mean:.3g} counts per "
+                        "pixel-frame on "
                         "average): it is made for low-count (photon-counting) data; use --bragg-mask peak-cloud, or a "
                         "--filter-max-count above the diffuse counts per pixel-frame")
     crystal = experiment.sweeps[0].crystal
