@@ -231,10 +231,9 @@ def _filter(integration: Integration, experiment, filter_ndiv) -> None:
         # more than half the map would be lost (SNase's CCD stills: 4 rows of 456 069 left): refuse
         grid = " ".join(map(str, summary["filter_ndiv"]))
         raise GridError(f"the statistical Bragg filter found counts above c_max = {c_max} in {overflowing} of the "
-                        f"{filter_voxels} voxel-wedges of its grid (ndiv {grid}) (this data has {mean:.3g} counts per "
-                        "pixel-frame on "
-                        "average): it is made for low-count (photon-counting) data; use --bragg-mask peak-cloud, or a "
-                        "--filter-max-count above the diffuse counts per pixel-frame")
+                        f"{filter_voxels} voxel-wedges of its grid (ndiv {grid}); this data has {mean:.3g} counts per "
+                        "pixel-frame on average, and the filter is made for low-count (photon-counting) data: use "
+                        "--bragg-mask peak-cloud, or a --filter-max-count above the diffuse counts per pixel-frame")
     crystal = experiment.sweeps[0].crystal
     metric = crystal.reciprocal_metric
     summary["shells"] = _moved_per_shell(integration.diffuse, summary["moved_keys"], metric, integration.ndiv)
