@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import GridError
 
-__all__ = ["VoxelGrid"]
+__all__ = ["VoxelGrid", "pack_voxels", "unpack_voxels"]
 
 
 @dataclass(frozen=True)
@@ -102,3 +102,20 @@ def _xp(array):
 
         return sys.modules["cupy"]
     return np
+
+
+_VOXEL_BITS, _VOXEL_OFFSET = 21, 1 << 20
+
+
+def pack_voxels(voxels) -> np.ndarray:
+    """(N, 3) voxel indices (|index| < 2²⁰) as one int64 each, in the lexicographic (h, k, l)
+    order: sorting, np.unique and np.isin on these are those of the index triples."""
+    v = np.asarray(voxels, dtype=np.int64) + _VOXEL_OFFSET
+    return (v[:, 0] << 2 * _VOXEL_BITS) | (v[:, 1] << _VOXEL_BITS) | v[:, 2]
+
+
+def unpack_voxels(codes) -> np.ndarray:
+    """The (N, 3) voxel indices of :func:`pack_voxels` codes."""
+    codes = np.asarray(codes, dtype=np.int64)
+    mask = (1 << _VOXEL_BITS) - 1
+    return np.stack([codes >> 2 * _VOXEL_BITS, (codes >> _VOXEL_BITS) & mask, codes & mask], axis=1) - _VOXEL_OFFSET

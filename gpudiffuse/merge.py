@@ -18,6 +18,7 @@ import gemmi
 import numpy as np
 
 from .errors import SymmetryError
+from .grid import pack_voxels
 
 __all__ = ["MergeParameters", "laue_operators", "check_grid_symmetry", "map_to_asu", "merge", "shell_statistics",
            "expand_to_grid", "mate_agreement", "equal_volume_edges", "shell_of"]
@@ -104,11 +105,6 @@ def voxel_s(voxels: np.ndarray, ndiv, A_metric: np.ndarray) -> np.ndarray:
     return np.sqrt(np.einsum("ni,ij,nj->n", frac, A_metric, frac))
 
 
-def _pack(v):
-    v = np.asarray(v, dtype=np.int64) + (1 << 20)
-    return (v[:, 0] << 42) | (v[:, 1] << 21) | v[:, 2]
-
-
 def _weighted_mean(group, n_groups, values, sigma):
     w = 1.0 / sigma**2
     sw = np.bincount(group, weights=w, minlength=n_groups)
@@ -137,7 +133,7 @@ def merge(table: dict, space_group, ndiv, A_metric: np.ndarray, params: MergePar
     asu, which = map_to_asu(voxels, space_group, ndiv)
     values = np.asarray(table[value], dtype=np.float64)
     sig = np.asarray(table[sigma], dtype=np.float64)
-    key = _pack(asu)
+    key = pack_voxels(asu)
     if params.anomalous:
         key = key * 2 + (which >= len(laue_operators(space_group)) // 2)
     unique, group = np.unique(key, return_inverse=True)
@@ -268,7 +264,7 @@ def mate_agreement(table: dict, space_group, ndiv, A_metric, n_shells: int = 10,
     fb = np.clip(np.searchsorted(fine, s, side="right") - 1, 0, fine_bins - 1)
     fine_mean = np.bincount(fb, weights=values, minlength=fine_bins) / np.maximum(np.bincount(fb, minlength=fine_bins), 1)
     aniso = values - fine_mean[fb]
-    _, group = np.unique(_pack(asu), return_inverse=True)
+    _, group = np.unique(pack_voxels(asu), return_inverse=True)
     batch = np.asarray(table["batch"])
     order = np.lexsort((batch, group))
     g_sorted = group[order]

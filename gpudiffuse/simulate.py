@@ -36,6 +36,7 @@ import h5py
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from .grid import pack_voxels, unpack_voxels
 from .merge import equal_volume_edges, shell_of
 from .simulate_absolute import AbsoluteUnits
 from .simulate_files import eiger_writer, frame_name, write_cbf, write_dials, write_xds
@@ -303,20 +304,6 @@ def _squared_norm(v: np.ndarray) -> np.ndarray:
     return v[..., 0] * v[..., 0] + v[..., 1] * v[..., 1] + v[..., 2] * v[..., 2]
 
 
-_KEY_BITS, _KEY_OFFSET = 21, 1 << 20
-
-
-def _pack_keys(keys: np.ndarray) -> np.ndarray:
-    """(N, 3) voxel indices (|index| < 2²⁰) as one int64 each, ordered as the (h, k, l) tuples."""
-    shifted = keys + _KEY_OFFSET
-    return (shifted[:, 0] << 2 * _KEY_BITS) | (shifted[:, 1] << _KEY_BITS) | shifted[:, 2]
-
-
-def _unpack_keys(codes: np.ndarray) -> np.ndarray:
-    mask = (1 << _KEY_BITS) - 1
-    return np.stack([codes >> 2 * _KEY_BITS, (codes >> _KEY_BITS) & mask, codes & mask], axis=1) - _KEY_OFFSET
-
-
 def _hash_unit(integers, key) -> np.ndarray:
     """Deterministic uniform numbers in [0, 1) from integer 3-vectors (splitmix64)."""
     v = integers.astype(np.int64).view(np.uint64)
@@ -414,7 +401,7 @@ def simulate_dataset(outdir: str, params: SimulationParameters | str = "small", 
             else:
                 write_cbf(os.path.join(outdir, "frames", frame_name(params, sweep, z)), counts.astype(np.int32),
                            params, model, z, phi_start)
-            visited.append(np.unique(_pack_keys(np.rint(hkl_mid[~gaps] * n).astype(np.int64))))
+            visited.append(np.unique(pack_voxels(np.rint(hkl_mid[~gaps] * n).astype(np.int64))))
             bar.update(1)
         if writer is not None:
             writer.close()
@@ -422,7 +409,7 @@ def simulate_dataset(outdir: str, params: SimulationParameters | str = "small", 
     if params.n_sweeps == 1:
         write_xds(outdir, params, model, image_format)
     write_dials(outdir, params, model, image_format)
-    keys = _unpack_keys(np.unique(np.concatenate(visited)))  # sorted by (h, k, l)
+    keys = unpack_voxels(np.unique(np.concatenate(visited)))  # sorted by (h, k, l)
     truth = voxel_truth(model, keys / n, ndiv)
     with h5py.File(os.path.join(outdir, "truth.h5"), "w") as f:
         f.attrs["parameters"] = json.dumps(asdict(params))

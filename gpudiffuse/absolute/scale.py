@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..merge import _pack
+from ..grid import pack_voxels
 from .theory import coherent_per_cell, incoherent_per_cell
 
 __all__ = ["SHELL_WIDTH", "AbsoluteScale", "observed_profile", "theory_profile", "absolute_scale"]
@@ -92,7 +92,7 @@ def observed_profile(tables, edges, ndiv, reciprocal_volume: float, by_volume: b
         w = row_weights(table, by_volume)[inside]
         weighted += np.bincount(shell, w * table["rate"][inside], n)
         weight += np.bincount(shell, w, n)
-        packed = _pack(np.column_stack([table["H"][inside], table["K"][inside], table["L"][inside]]))
+        packed = pack_voxels(np.column_stack([table["H"][inside], table["K"][inside], table["L"][inside]]))
         keys.append(np.column_stack([shell, packed]))
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(weight > 0, weighted / weight, np.nan)

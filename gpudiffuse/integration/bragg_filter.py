@@ -19,6 +19,7 @@ import logging
 
 import numpy as np
 
+from ..grid import pack_voxels
 from ..masking.statistical import statistical_filter
 from .pixels import coarser_voxels
 from .record import KEY, AccumulatorRecord
@@ -41,12 +42,6 @@ def _groups(rows: dict):
         yield int(pair[a, 0]), int(pair[a, 1]), slice(a, b)
 
 
-def _pack(voxels: np.ndarray) -> np.ndarray:
-    """One int64 per (H, K, L) row of ``voxels`` (indices are far below 2²⁰ in magnitude)."""
-    h, k, l = (voxels[:, i].astype(np.int64) + (1 << 20) for i in range(3))
-    return (h << 42) | (k << 21) | l
-
-
 def _filter_voxels(rows: dict, where, ratio) -> np.ndarray:
     """(n, 3) filter-grid voxels of the integration rows ``where``."""
     return coarser_voxels(np.column_stack([rows[c][where] for c in ("H", "K", "L")]), ratio)
@@ -55,7 +50,7 @@ def _filter_voxels(rows: dict, where, ratio) -> np.ndarray:
 def _pooled(voxels: np.ndarray, histogram: np.ndarray, overflow: np.ndarray):
     """(voxels, histograms, overflow sums) of the rows added up per distinct voxel, in packed-key
     order (integer sums: exact)."""
-    _, first, inverse = np.unique(_pack(voxels), return_index=True, return_inverse=True)
+    _, first, inverse = np.unique(pack_voxels(voxels), return_index=True, return_inverse=True)
     order = np.argsort(inverse, kind="stable")
     starts = np.flatnonzero(np.r_[True, np.diff(inverse[order]) != 0])
     return voxels[first], np.add.reduceat(histogram[order], starts, axis=0), np.add.reduceat(overflow[order], starts)
@@ -76,13 +71,13 @@ def apply_statistical_filter(diffuse: dict, excluded: dict, ndiv, filter_ndiv=No
         if np.any(ratio > 1):
             voxels, histogram, overflow = _pooled(voxels, histogram, overflow)
         result = statistical_filter(voxels, histogram, overflow, radius)
-        flagged[(batch, wedge)] = _pack(voxels[result.excluded])
+        flagged[(batch, wedge)] = pack_voxels(voxels[result.excluded])
         per_wedge[(batch, wedge)] = {"removed": int(result.removed.sum()), "overflow": int(result.overflow.sum()),
                                      "summed_D": result.summed_D, "filter_voxels": len(voxels)}
     move = np.zeros(len(diffuse.get("H", [])), bool)
     for batch, wedge, rows in _groups(diffuse):
         around = [flagged.get((batch, w), np.zeros(0, np.int64)) for w in (wedge - 1, wedge, wedge + 1)]
-        move[rows] = np.isin(_pack(_filter_voxels(diffuse, rows, ratio)), np.concatenate(around))
+        move[rows] = np.isin(pack_voxels(_filter_voxels(diffuse, rows, ratio)), np.concatenate(around))
         per_wedge[(batch, wedge)]["moved"] = int(move[rows].sum())
         per_wedge[(batch, wedge)]["pixel_frames_moved"] = int(diffuse["pixels"][rows][move[rows]].sum())
     strip = {k: v for k, v in diffuse.items() if k not in HISTOGRAM_COLUMNS}

@@ -107,7 +107,8 @@ def scaled_tables(experiment, integration, result: ScaleResult) -> dict:
 
 def _scale_design(experiment, table, ndiv, options, s_range=None):
     from ..masking.layout import layout_for_size  # noqa: PLC0415
-    from ..merge import _pack, map_to_asu  # noqa: PLC0415
+    from ..grid import pack_voxels  # noqa: PLC0415
+    from ..merge import map_to_asu  # noqa: PLC0415
     from ..scaling import build_design  # noqa: PLC0415
 
     panel = experiment.sweeps[0].panel
@@ -117,7 +118,7 @@ def _scale_design(experiment, table, ndiv, options, s_range=None):
                           None if layout is None else layout.module_ids(), s_range)
     voxels = np.column_stack([table["H"], table["K"], table["L"]])
     asu, _ = map_to_asu(voxels, experiment.space_group, ndiv)
-    return design, _pack(asu), sorted(n_frames)
+    return design, pack_voxels(asu), sorted(n_frames)
 
 
 def fit_observations(experiment, table, ndiv, options, progress=True):
