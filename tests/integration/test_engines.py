@@ -100,3 +100,18 @@ def test_cpu_engine_does_not_depend_on_the_thread_count(tiny_dataset):
         numba.set_num_threads(before)
     assert_records_equal(one.diffuse, many.diffuse, float_rtol=0)
     assert_records_equal(one.excluded, many.excluded, float_rtol=0)
+
+
+@pytest.mark.parametrize("engine", available_engines())
+def test_accumulators_beyond_the_memory_are_refused(engine, tiny_dataset, monkeypatch):
+    """Count histograms of a million bins per voxel would outgrow any memory: every engine
+    refuses in one line naming --filter-max-count before allocating them (the CUDA engines
+    against the GPU's free memory, the host stand-in's 8 GiB here)."""
+    from gpudiffuse.errors import GridError
+    from gpudiffuse.integration.engines import base
+
+    monkeypatch.setattr(base, "memory_budget", lambda: 4e9)
+    sweep, mask, dmin, pixels, grid, model, absent, _ = tiny_sweep(str(tiny_dataset))
+    params = IntegrationParameters(ndiv=(3, 3, 3), histogram_max=1_000_000)
+    with pytest.raises(GridError, match=r"count histograms of 1000001 bins per voxel \(--filter-max-count 1000000\)"):
+        integrate_sweep(sweep, pixels, grid, model, absent, params, engine)

@@ -119,6 +119,18 @@ class RowTable:
         self._cells, self.n_rows = [], 0
 
 
+def check_accumulator_memory(size: int, n_fields: int, c_max: int, budget: float | None, where: str) -> None:
+    """Refuse, in one line, accumulators of ``size`` sub-voxel rows (both sets, old and new arrays
+    while they grow) beyond ``budget`` bytes, instead of running out of memory; the count
+    histograms (c_max ≥ 0) are the usual cause."""
+    bins = c_max + 1 if c_max >= 0 else 0
+    need = 1.5 * size * 2 * 8 * (n_fields + bins)
+    if budget is not None and need > budget:
+        cause = f"count histograms of {bins} bins per voxel (--filter-max-count {c_max}); lower it, or " if bins else ""
+        raise GridError(f"the integration pass would need {need / 2**30:.3g} GiB for {size} voxels of this block, "
+                        f"more than half {where}: {cause}use a coarser --ndiv or more blocks (--nproc, Dask)")
+
+
 def memory_budget() -> float | None:
     """Bytes the accumulators of one engine may take: half the physical memory (None: unknown)."""
     try:
@@ -155,18 +167,8 @@ class HostAccumulators:
         self.ints, self.floats, self.hist, self.capacity = ints, floats, hist, capacity
 
     def _check_memory(self, size: int) -> None:
-        """Refuse, in one line, accumulators (old and new arrays while they grow) beyond half the
-        memory, instead of running the machine out of it: the count histograms are the usual cause."""
-        bins = self.c_max + 1 if self.c_max >= 0 else 0
-        per_row = 2 * 8 * (len(self.int_names) + len(self.float_names) + bins)
-        need = 1.5 * size * per_row
-        budget = memory_budget()
-        if budget is not None and need > budget:
-            cause = (f"count histograms of {bins} bins per voxel (--filter-max-count {self.c_max}); lower it, or "
-                     if bins else "")
-            raise GridError(f"the integration pass would need {need / 2**30:.3g} GiB for {size} voxels of this "
-                            f"block, more than half this machine's memory: {cause}use a coarser --ndiv or more "
-                            "blocks (--nproc, Dask)")
+        check_accumulator_memory(size, len(self.int_names) + len(self.float_names), self.c_max, memory_budget(),
+                                 "this machine's memory")
 
     def assign(self, cells: np.ndarray) -> None:
         """Rows for the cells (unique, flat) that have none; grow the arrays if needed."""

@@ -25,7 +25,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from .base import EngineSums, collect_sets, register_engine
+from .base import EngineSums, check_accumulator_memory, collect_sets, register_engine
 
 __all__ = ["CudaEngine"]
 
@@ -120,19 +120,24 @@ class CudaEngine:
         self._allocate(grid.n_cells if self.dense else 4096)
         self._frames, self._pc, self._pk = [], [], []
 
+    def _free_memory(self) -> int:
+        try:
+            return int(self.cp.cuda.runtime.memGetInfo()[0])
+        except AttributeError:  # the host stand-in for CuPy
+            return 8 << 30
+
     def _fits_densely(self, n_cells) -> bool:
         if getattr(self, "force_compact", False):
             return False
         per_voxel = 2 * 8 * (len(self.int_names) + len(self.float_names) + max(self.c_max + 1, 0))
         need = n_cells * self.n_sub * per_voxel
-        try:
-            free = int(self.cp.cuda.runtime.memGetInfo()[0])
-        except AttributeError:  # the host stand-in for CuPy
-            free = 8 << 30
-        return need <= free // 4
+        return need <= self._free_memory() // 4
 
     def _allocate(self, capacity):
         cp, size = self.cp, capacity * self.n_sub
+        held = 0 if self.acc_int is None else self.acc_int.nbytes + self.acc_float.nbytes + self.hist.nbytes
+        check_accumulator_memory(size, len(self.int_names) + len(self.float_names), self.c_max,
+                                 0.5 * (self._free_memory() + held), "the GPU's free memory")
         acc_int = cp.zeros((2, len(self.int_names), size), dtype=cp.uint64)
         acc_float = cp.zeros((2, len(self.float_names), size), dtype=cp.float64)
         hist = cp.zeros((2, size if self.c_max >= 0 else 1, max(self.c_max, 0) + 1), dtype=cp.uint64)
