@@ -175,30 +175,42 @@ def build_design(table: dict, batches, n_frames: dict, options: ScaleOptions, im
     batch = np.searchsorted(np.array(sorted(batch_ids)), np.asarray(table["batch"])).astype(np.int64)
     longest = max(n_frames[b] for b in batch_ids)
     n_bz = frame_nodes(longest, options.frames_per_b_node)
-    frame = np.asarray(table["frame"], dtype=np.float64)
-    zmax = np.array([n_frames[b] - 1 for b in sorted(batch_ids)], dtype=np.float64)[batch]
-    i0, i1, w0, w1 = _hat(frame / np.maximum(zmax, 1), 0.0, 1.0, n_bz)
-    ib = np.stack([batch * n_bz + i0, batch * n_bz + i1], 1).astype(np.int32)
-    wb = np.stack([w0, w1], 1)
-
     ns, nzc = options.c_nodes
     nzc = frame_nodes(longest, options.frames_per_c_node) if nzc is None else nzc
-    s = np.asarray(table["s"], dtype=np.float64)
-    smin, smax = (float(s.min()), float(s.max())) if s_range is None else s_range
-    s0, s1, ws0, ws1 = _hat(s, smin, smax, ns)
-    z0, z1, wz0, wz1 = _hat(frame / np.maximum(zmax, 1), 0.0, 1.0, nzc)
-    ic = np.stack([(batch * ns + si) * nzc + zi for si in (s0, s1) for zi in (z0, z1)], 1).astype(np.int32)
-    wc = np.stack([ws * wz for ws in (ws0, ws1) for wz in (wz0, wz1)], 1)
-
     nx, ny, nza = options.a_nodes
     nza = frame_nodes(longest, options.frames_per_a_node) if nza is None else nza
     fast, slow = image_size
-    x0, x1, wx0, wx1 = _hat(np.asarray(table["ix"], float), 0.0, fast - 1.0, nx)
-    y0, y1, wy0, wy1 = _hat(np.asarray(table["iy"], float), 0.0, slow - 1.0, ny)
-    za0, za1, wza0, wza1 = _hat(frame / np.maximum(zmax, 1), 0.0, 1.0, nza)
-    ia = np.stack([((batch * nx + xi) * ny + yi) * nza + zi for xi in (x0, x1) for yi in (y0, y1)
-                   for zi in (za0, za1)], 1).astype(np.int32)
-    wa = np.stack([wx * wy * wz for wx in (wx0, wx1) for wy in (wy0, wy1) for wz in (wza0, wza1)], 1)
+    s_all = np.asarray(table["s"], dtype=np.float64)
+    smin, smax = (float(s_all.min()), float(s_all.max())) if s_range is None else s_range
+    last_frame = np.array([n_frames[b] - 1 for b in sorted(batch_ids)], dtype=np.float64)
+    n = len(batch)
+    ib, wb = np.empty((n, 2), np.int32), np.empty((n, 2))
+    ic, wc = np.empty((n, 4), np.int32), np.empty((n, 4))
+    ia, wa = np.empty((n, 8), np.int32), np.empty((n, 8))
+    # filled in blocks of rows: 10⁷ observations would otherwise hold dozens of (N,) temporaries
+    for rows in row_blocks(n):
+        bt = batch[rows]
+        u = np.asarray(table["frame"][rows], dtype=np.float64) / np.maximum(last_frame[bt], 1)
+        i0, i1, w0, w1 = _hat(u, 0.0, 1.0, n_bz)
+        ib[rows, 0], ib[rows, 1] = bt * n_bz + i0, bt * n_bz + i1
+        wb[rows, 0], wb[rows, 1] = w0, w1
+
+        s0, s1, ws0, ws1 = _hat(s_all[rows], smin, smax, ns)
+        z0, z1, wz0, wz1 = _hat(u, 0.0, 1.0, nzc)
+        for k, (si, ws, zi, wz) in enumerate((si, ws, zi, wz) for si, ws in ((s0, ws0), (s1, ws1))
+                                             for zi, wz in ((z0, wz0), (z1, wz1))):
+            ic[rows, k] = (bt * ns + si) * nzc + zi
+            wc[rows, k] = ws * wz
+
+        x0, x1, wx0, wx1 = _hat(np.asarray(table["ix"][rows], float), 0.0, fast - 1.0, nx)
+        y0, y1, wy0, wy1 = _hat(np.asarray(table["iy"][rows], float), 0.0, slow - 1.0, ny)
+        za0, za1, wza0, wza1 = _hat(u, 0.0, 1.0, nza)
+        corners = ((xi, wx, yi, wy, zi, wz) for xi, wx in ((x0, wx0), (x1, wx1)) for yi, wy in ((y0, wy0), (y1, wy1))
+                   for zi, wz in ((za0, wza0), (za1, wza1)))
+        for k, (xi, wx, yi, wy, zi, wz) in enumerate(corners):
+            ia[rows, k] = ((bt * nx + xi) * ny + yi) * nza + zi
+            wa[rows, k] = wx * wy * wz
+
     # a normalisation groups: (batch, z node)
     grid_b, grid_x, grid_y, grid_z = np.meshgrid(np.arange(nb_batches), np.arange(nx), np.arange(ny), np.arange(nza),
                                                  indexing="ij")
@@ -210,7 +222,7 @@ def build_design(table: dict, batches, n_frames: dict, options: ScaleOptions, im
         region = np.maximum(regions[ry, rx], 0)
         n_regions = int(regions.max()) + 1
     else:
-        region, n_regions = np.zeros(len(s), np.int64), 1
+        region, n_regions = np.zeros(n, np.int64), 1
     c_free = np.ones((nb_batches, ns, nzc), bool)
     if not options.centre_c:
         c_free[0, 0, 0] = False  # one pinned node fixes the constant shared by c and Î
