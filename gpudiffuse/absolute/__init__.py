@@ -1,2 +1,3 @@
-"""The absolute scale (DESIGN §12): the unit-cell inventory (``inventory``) and the theoretical
-coherent and incoherent scattering per cell (``theory``). The scale step itself is not written yet."""
+"""The absolute scale (DESIGN §12): the unit-cell inventory (``inventory``), the theoretical
+coherent and incoherent scattering per cell (``theory``) and the scale k from the sum rule
+(``scale``); the step that writes absolute.nxs is ``steps.absolute``."""
