@@ -42,20 +42,6 @@ def _groups(rows: dict):
         yield int(pair[a, 0]), int(pair[a, 1]), slice(a, b)
 
 
-def _filter_voxels(rows: dict, where, ratio) -> np.ndarray:
-    """(n, 3) filter-grid voxels of the integration rows ``where``."""
-    return coarser_voxels(np.column_stack([rows[c][where] for c in ("H", "K", "L")]), ratio)
-
-
-def _pooled(voxels: np.ndarray, histogram: np.ndarray, overflow: np.ndarray):
-    """(voxels, histograms, overflow sums) of the rows added up per distinct voxel, in packed-key
-    order (integer sums: exact)."""
-    _, first, inverse = np.unique(pack_voxels(voxels), return_index=True, return_inverse=True)
-    order = np.argsort(inverse, kind="stable")
-    starts = np.flatnonzero(np.r_[True, np.diff(inverse[order]) != 0])
-    return voxels[first], np.add.reduceat(histogram[order], starts, axis=0), np.add.reduceat(overflow[order], starts)
-
-
 def apply_statistical_filter(diffuse: dict, excluded: dict, ndiv, filter_ndiv=None,
                              radius: float = 2.0) -> tuple[dict, dict, dict]:
     """Run the filter on every wedge of ``diffuse`` (rows with count histograms, on grid ``ndiv``)
@@ -64,20 +50,26 @@ def apply_statistical_filter(diffuse: dict, excluded: dict, ndiv, filter_ndiv=No
     columns; summary: per (batch, wedge) the filter voxels removed by the walk and with overflow,
     the rows moved and their pixel-frames; the moved rows' keys; the filter grid."""
     ratio = np.asarray(ndiv, np.int64) // np.asarray(filter_ndiv if filter_ndiv is not None else ndiv, np.int64)
+    filter_voxels = coarser_voxels(np.column_stack([diffuse[c] for c in ("H", "K", "L")]), ratio) \
+        if len(diffuse.get("H", [])) else np.zeros((0, 3), np.int64)
+    pooled = diffuse
+    if np.any(ratio > 1):  # each filter voxel's histogram: the sum of its voxels' (the record's row sum)
+        pooled = {"batch": diffuse["batch"], "wedge": diffuse["wedge"], "H": filter_voxels[:, 0],
+                  "K": filter_voxels[:, 1], "L": filter_voxels[:, 2],
+                  **{c: diffuse[c] for c in HISTOGRAM_COLUMNS}}
+        pooled = AccumulatorRecord.from_columns(pooled).rows() if len(filter_voxels) else {}
     per_wedge, flagged = {}, {}
-    for batch, wedge, rows in _groups(diffuse):
-        voxels = _filter_voxels(diffuse, rows, ratio)
-        histogram, overflow = diffuse["count_histogram"][rows], diffuse["overflow_counts"][rows]
-        if np.any(ratio > 1):
-            voxels, histogram, overflow = _pooled(voxels, histogram, overflow)
-        result = statistical_filter(voxels, histogram, overflow, radius)
+    for batch, wedge, rows in _groups(pooled):
+        voxels = np.column_stack([pooled[c][rows] for c in ("H", "K", "L")])
+        result = statistical_filter(voxels, pooled["count_histogram"][rows], pooled["overflow_counts"][rows], radius)
         flagged[(batch, wedge)] = pack_voxels(voxels[result.excluded])
         per_wedge[(batch, wedge)] = {"removed": int(result.removed.sum()), "overflow": int(result.overflow.sum()),
                                      "summed_D": result.summed_D, "filter_voxels": len(voxels)}
-    move = np.zeros(len(diffuse.get("H", [])), bool)
+    codes = pack_voxels(filter_voxels)
+    move = np.zeros(len(codes), bool)
     for batch, wedge, rows in _groups(diffuse):
         around = [flagged.get((batch, w), np.zeros(0, np.int64)) for w in (wedge - 1, wedge, wedge + 1)]
-        move[rows] = np.isin(pack_voxels(_filter_voxels(diffuse, rows, ratio)), np.concatenate(around))
+        move[rows] = np.isin(codes[rows], np.concatenate(around))
         per_wedge[(batch, wedge)]["moved"] = int(move[rows].sum())
         per_wedge[(batch, wedge)]["pixel_frames_moved"] = int(diffuse["pixels"][rows][move[rows]].sum())
     strip = {k: v for k, v in diffuse.items() if k not in HISTOGRAM_COLUMNS}
