@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -18,7 +19,7 @@ import numpy as np
 
 from .errors import DeviceError
 
-__all__ = ["Backend", "resolve_device", "kernel_dir", "kernel_sources", "load_module"]
+__all__ = ["Backend", "resolve_device", "kernel_dir", "kernel_sources", "load_module", "physical_memory"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,14 @@ def _probe_cupy():
 
 
 @functools.lru_cache(maxsize=None)
+def physical_memory() -> float | None:
+    """This machine's physical memory in bytes (None where the system does not say)."""
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def resolve_device(device: str = "auto") -> Backend:
     """Resolve ``auto|cpu|gpu`` into a :class:`Backend`.
 

@@ -3,10 +3,10 @@ the memory the map grid needs, and the background run's frames."""
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 
+from ..backend import physical_memory
 from ..errors import GridError, ImageError
 from ..geometry.vectors import edge_resolution, s_vectors_from_positions
 
@@ -45,11 +45,8 @@ def check_grid_memory(experiment, ndiv, dmin: float) -> None:
     axes = experiment.sweeps[0].crystal.real_space_axes
     extent = [2 * int(np.ceil(np.linalg.norm(axis) * n / dmin)) + 1 for axis, n in zip(axes, ndiv)]
     need = 16.0 * float(np.prod(np.array(extent, dtype=np.float64)))
-    try:
-        memory = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):
-        return
-    if need > memory / 2:
+    memory = physical_memory()
+    if memory is not None and need > memory / 2:
         raise GridError(f"--ndiv {' '.join(str(n) for n in ndiv)} to {dmin:.3g} Å needs a map grid of "
                         f"{' × '.join(str(e) for e in extent)} voxels, about {need / 2**30:.3g} GiB; this machine has "
                         f"{memory / 2**30:.3g} GiB")

@@ -16,11 +16,11 @@ same order, so voxel assignments agree exactly between engines.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
+from ...backend import physical_memory
 from ...errors import DeviceError, GridError
 from ..record import float_fields, int_fields
 
@@ -133,10 +133,8 @@ def check_accumulator_memory(size: int, n_fields: int, c_max: int, budget: float
 
 def memory_budget() -> float | None:
     """Bytes the accumulators of one engine may take: half the physical memory (None: unknown)."""
-    try:
-        return 0.5 * float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):
-        return None
+    memory = physical_memory()
+    return None if memory is None else 0.5 * memory
 
 
 class HostAccumulators:
