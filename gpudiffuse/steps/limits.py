@@ -3,7 +3,6 @@ the memory the map grid needs, and the background run's frames."""
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from ..backend import physical_memory
