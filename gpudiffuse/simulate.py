@@ -37,13 +37,13 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from .grid import pack_voxels, unpack_voxels
-from .merge import equal_volume_edges, shell_of
 from .simulate_absolute import AbsoluteUnits
 from .simulate_files import eiger_writer, frame_name, write_cbf, write_dials, write_xds
 from .simulate_tables import simulate_observation_table
+from .simulate_truth import compare_with_truth, format_accuracy, voxel_truth
 
-__all__ = ["SimulationParameters", "PRESETS", "SimulatedModel", "simulate_dataset", "voxel_truth",
-           "simulate_observation_table"]
+__all__ = ["SimulationParameters", "PRESETS", "SimulatedModel", "simulate_dataset", "load_model", "voxel_truth",
+           "compare_with_truth", "format_accuracy", "simulate_observation_table"]
 
 logger = logging.getLogger(__name__)
 
@@ -318,21 +318,6 @@ def _hash_unit(integers, key) -> np.ndarray:
     return (x >> np.uint64(11)).astype(np.float64) / float(2**53)
 
 
-def voxel_truth(model: SimulatedModel, hkl_centres, ndiv, samples: int = 3) -> np.ndarray:
-    """Truth I_D + I_iso averaged over voxels centred at ``hkl_centres`` (N, 3) of size 1/ndiv,
-    by a ``samples``³ midpoint rule."""
-    centres = np.asarray(hkl_centres, dtype=np.float64)
-    width = 1.0 / np.asarray(ndiv, dtype=np.float64)
-    offsets = (np.arange(samples) + 0.5) / samples - 0.5
-    grid = np.stack(np.meshgrid(offsets, offsets, offsets, indexing="ij"), -1).reshape(-1, 3) * width
-    total = np.zeros(len(centres))
-    for chunk in range(0, len(centres), 200_000):
-        c = centres[chunk: chunk + 200_000][:, None, :] + grid[None, :, :]
-        s_norm = np.linalg.norm(c @ model.A.T, axis=-1)
-        total[chunk: chunk + 200_000] = np.mean(model.diffuse(c) + model.isotropic(s_norm), axis=1)
-    return total
-
-
 def simulate_dataset(outdir: str, params: SimulationParameters | str = "small", ndiv=(3, 3, 3),
                      progress: bool = True, image_format: str = "cbf", **overrides) -> str:
     """Write a simulated dataset to ``outdir`` (which must not already hold one). Returns outdir.
@@ -430,29 +415,3 @@ def load_model(outdir: str) -> SimulatedModel:
         raw = json.loads(f.attrs["parameters"])
     raw = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
     return SimulatedModel(SimulationParameters(**raw))
-
-
-def compare_with_truth(merged: dict, model: SimulatedModel, ndiv, n_shells: int = 10) -> dict:
-    """Pearson CC of merged intensities with the voxel-averaged truth, overall and per shell
-    (equal-volume shells in |s|), with each shell's mean I/σ and size."""
-    centres = np.column_stack([merged["h"], merged["k"], merged["l"]])
-    truth = voxel_truth(model, centres, ndiv)
-    s = merged["s"]
-    smin = s[s > 0].min() if np.any(s > 0) else 0.0
-    edges = equal_volume_edges(smin, s.max(), n_shells)
-    shell = shell_of(s, edges)
-    rows = []
-    for i in range(n_shells):
-        sel = shell == i
-        cc = np.corrcoef(merged["intensity"][sel], truth[sel])[0, 1] if sel.sum() > 2 else np.nan
-        rows.append({"d_max": 1 / max(edges[i], 1e-12), "d_min": 1 / edges[i + 1], "n": int(sel.sum()), "cc": float(cc),
-                     "i_over_sigma": float(np.mean(merged["intensity"][sel] / merged["sigma"][sel]))})
-    return {"overall_cc": float(np.corrcoef(merged["intensity"], truth)[0, 1]), "shells": rows, "truth": truth}
-
-
-def format_accuracy(accuracy: dict) -> str:
-    lines = [" d_max  d_min       n   <I/sig>   CC(truth)"]
-    for r in accuracy["shells"]:
-        lines.append(f"{r['d_max']:6.2f} {r['d_min']:6.2f} {r['n']:7d} {r['i_over_sigma']:9.1f} {r['cc']:10.4f}")
-    lines.append(f"overall CC with the truth: {accuracy['overall_cc']:.4f}")
-    return "\n".join(lines)
