@@ -28,6 +28,7 @@ import numpy as np
 
 from .absolute.inventory import bulk_water, parse_composition
 from .absolute.theory import coherent_per_cell, incoherent_per_cell
+from .merge import shell_of
 
 __all__ = ["AbsoluteUnits"]
 
@@ -71,7 +72,7 @@ class AbsoluteUnits:
         points = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1).reshape(-1, 3)
         s_norm = np.linalg.norm((points + model.table_origin) @ model.A.T, axis=-1)
         self.weight_edges = np.cbrt(np.linspace(0, (1.05 * s_max) ** 3, n_bins + 1))
-        which = np.clip(np.searchsorted(self.weight_edges, s_norm, side="right") - 1, 0, n_bins - 1)
+        which = shell_of(s_norm, self.weight_edges)
         total = np.bincount(which, model.bragg_weight.ravel(), n_bins)
         count = np.bincount(which, minlength=n_bins)
         self.weight_means = np.where(total > 0, total / np.maximum(count, 1), 1.0)
@@ -92,8 +93,7 @@ class AbsoluteUnits:
 
     def bragg_amplitude(self, weight, s_norm, width):
         """Peak height of a Gaussian Bragg peak (σ = width Å⁻¹) whose integral is |F_h|²/V."""
-        which = np.clip(np.searchsorted(self.weight_edges, s_norm, side="right") - 1, 0, len(self.weight_means) - 1)
-        squared = weight / self.weight_means[which] * self._at(self.bragg_table, s_norm)
+        squared = weight / self.weight_means[shell_of(s_norm, self.weight_edges)] * self._at(self.bragg_table, s_norm)
         return squared / self.volume / ((2 * np.pi) ** 1.5 * width**3)
 
 
