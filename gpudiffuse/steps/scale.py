@@ -54,13 +54,15 @@ class ScaleStepParameters:
 class ScaleResult:
     """What the step decided: the parameters, the fitted model (``model`` mode), the per-frame
     factors (``isotropic`` mode: batch → (n_frames,)), and the tables it was made from (in memory
-    only, so that merging right after does not build them again)."""
+    only, so that merging right after does not build them again); ``scaled``: the scaled tables
+    once made, with the integration they came from (the absolute step and merge both use them)."""
 
     parameters: ScaleStepParameters
     fit: object | None = None
     frame_scale: dict = field(default_factory=dict)
     tables: dict | None = None
     s_range: tuple | None = None   # |s| range of c's nodes, to rebuild a stored model's design
+    scaled: tuple | None = field(default=None, repr=False)
 
 
 def run_scale(out: str, params: ScaleStepParameters = ScaleStepParameters(), overwrite: bool = False,
@@ -88,7 +90,15 @@ def run_scale(out: str, params: ScaleStepParameters = ScaleStepParameters(), ove
 
 def scaled_tables(experiment, integration, result: ScaleResult) -> dict:
     """{"observations", "excluded"}: the tables with the step's scales applied, and "unscaled"
-    (the observations before the fitted model; None unless ``model``)."""
+    (the observations before the fitted model; None unless ``model``). Made once per result and
+    integration."""
+    if result.scaled is not None and result.scaled[0] is integration:
+        return result.scaled[1]
+    result.scaled = (integration, _scaled_tables(experiment, integration, result))
+    return result.scaled[1]
+
+
+def _scaled_tables(experiment, integration, result: ScaleResult) -> dict:
     p = result.parameters
     tables = result.tables or observation_tables(experiment, integration, result.frame_scale, p.min_pixels,
                                                  p.min_counts)
