@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import GridError
 
-__all__ = ["VoxelGrid", "pack_voxels", "unpack_voxels"]
+__all__ = ["VoxelGrid", "pack_voxels", "unpack_voxels", "nested_grids", "coarser_voxels"]
 
 
 @dataclass(frozen=True)
@@ -119,3 +119,18 @@ def unpack_voxels(codes) -> np.ndarray:
     codes = np.asarray(codes, dtype=np.int64)
     mask = (1 << _VOXEL_BITS) - 1
     return np.stack([codes >> 2 * _VOXEL_BITS, (codes >> _VOXEL_BITS) & mask, codes & mask], axis=1) - _VOXEL_OFFSET
+
+
+def nested_grids(n: int, m: int) -> bool:
+    """Whether n and m subdivisions per index nest: one is the other times an odd factor, so that
+    (with voxels centred on multiples of 1/n) every finer voxel lies inside one coarser voxel."""
+    fine, coarse = max(n, m), min(n, m)
+    return fine % coarse == 0 and (fine // coarse) % 2 == 1
+
+
+def coarser_voxels(voxels: np.ndarray, ratio) -> np.ndarray:
+    """Voxel indices (..., 3) of a grid refined by the odd ``ratio`` per axis → the coarser grid's:
+    F = ⌊(H + (r − 1)/2) / r⌋ (the coarser voxel whose centre is nearest; with r = ndiv, the cell
+    of :meth:`VoxelGrid.split`)."""
+    ratio = np.asarray(ratio, dtype=np.int64)
+    return (np.asarray(voxels, dtype=np.int64) + (ratio - 1) // 2) // ratio

@@ -19,9 +19,8 @@ import logging
 
 import numpy as np
 
-from ..grid import pack_voxels
+from ..grid import coarser_voxels, pack_voxels
 from ..masking.statistical import statistical_filter
-from .pixels import coarser_voxels
 from .record import KEY, AccumulatorRecord
 
 __all__ = ["apply_statistical_filter", "HISTOGRAM_COLUMNS"]

@@ -14,6 +14,7 @@ import numpy as np
 from ..corrections import pixel_corrections, swept_volume
 from ..errors import GridError, ImageError, MaskError
 from ..geometry.vectors import s_vectors_from_positions
+from ..grid import nested_grids
 
 __all__ = ["IntegrationParameters", "PixelTable", "prepare_pixels", "profile_edges", "PROFILE_BINS", "frame_list",
            "wedge_numbers", "DEFAULT_WEDGE_DEGREES"]
@@ -76,20 +77,6 @@ class IntegrationParameters:
         if self.filter_ndiv is None:
             return self.ndiv
         return tuple(max(n, m) for n, m in zip(self.ndiv, self.filter_ndiv))
-
-
-def nested_grids(n: int, m: int) -> bool:
-    """Whether n and m subdivisions per index nest: one is the other times an odd factor, so that
-    (with voxels centred on multiples of 1/n) every finer voxel lies inside one coarser voxel."""
-    fine, coarse = max(n, m), min(n, m)
-    return fine % coarse == 0 and (fine // coarse) % 2 == 1
-
-
-def coarser_voxels(voxels: np.ndarray, ratio) -> np.ndarray:
-    """Voxel indices (..., 3) of a grid refined by the odd ``ratio`` per axis → the coarser grid's:
-    F = ⌊(H + (r − 1)/2) / r⌋ (the coarser voxel whose centre is nearest)."""
-    ratio = np.asarray(ratio, dtype=np.int64)
-    return (np.asarray(voxels, dtype=np.int64) + (ratio - 1) // 2) // ratio
 
 
 def wedge_numbers(scan, frames: np.ndarray, params: IntegrationParameters) -> np.ndarray:

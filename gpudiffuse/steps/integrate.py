@@ -17,10 +17,9 @@ import h5py
 import numpy as np
 
 from ..errors import DeviceError, GridError
-from ..grid import VoxelGrid
+from ..grid import VoxelGrid, coarser_voxels, nested_grids
 from ..integration import IntegrationParameters
 from ..integration.blocks import Execution
-from ..integration.pixels import coarser_voxels, nested_grids
 from ..integration.record import DEFAULT_HISTOGRAM_MAX, FIELDS, AccumulatorRecord
 from ..io.nexus import atomic_nexus, create_step_entry
 from ..masking.peaks import absent_table
