@@ -38,6 +38,7 @@ def main(argv=None):
     import numpy as np
 
     from gpudiffuse.cli import main as gpudiffuse
+    from gpudiffuse.grid import pack_voxels
     from gpudiffuse.simulate import PRESETS, compare_with_truth, load_model, simulate_dataset
     from gpudiffuse.steps.merge import read_merged
 
@@ -79,16 +80,17 @@ def main(argv=None):
     difference = np.subtract(runs["statistical"]["shell_cc"], runs["peak-cloud"]["shell_cc"]).round(4).tolist()
     # the statistical filter drops whole voxels (those of the reflections), the peak cloud only the
     # pixels near the peak: the CC of each on the voxels both kept separates accuracy from coverage
-    keys = {m: np.rint(np.column_stack([v["h"], v["k"], v["l"]]) * 3).astype(np.int64) for m, v in merged.items()}
-    common = set(map(tuple, keys["peak-cloud"])) & set(map(tuple, keys["statistical"]))
+    voxels = {m: np.rint(np.column_stack([v["h"], v["k"], v["l"]]) * 3).astype(np.int64) for m, v in merged.items()}
+    codes = {m: pack_voxels(v) for m, v in voxels.items()}
+    common = np.intersect1d(codes["peak-cloud"], codes["statistical"])
     on_common = {}
     for method, values in merged.items():
-        keep = np.array([tuple(k) in common for k in keys[method]])
+        keep = np.isin(codes[method], common)
         subset = {k: v[keep] if isinstance(v, np.ndarray) and len(v) == len(keep) else v for k, v in values.items()}
         accuracy = compare_with_truth(subset, model, (3, 3, 3))
         on_common[method] = {"overall_cc": round(float(accuracy["overall_cc"]), 4),
                              "shell_cc": [round(float(s["cc"]), 4) for s in accuracy["shells"]]}
-    lost = np.array([k for k in map(tuple, keys["peak-cloud"]) if k not in common]).reshape(-1, 3)
+    lost = voxels["peak-cloud"][~np.isin(codes["peak-cloud"], common)]
     on_common["voxels"] = len(common)
     on_common["voxels_only_with_peak_cloud"] = int(len(lost))
     on_common["of_those_at_integer_hkl"] = round(float(np.mean(np.all(lost % 3 == 0, axis=1))), 4) if len(lost) else None
