@@ -62,6 +62,8 @@ class VoxelOrder:
 
     @classmethod
     def of(cls, group: np.ndarray, n_groups: int, n_values: int, budget_s: float = 1.5) -> "VoxelOrder":
+        from .row_kernels import grouped_order  # noqa: PLC0415
+
         rows = np.bincount(group, minlength=n_groups)
         seconds = {"sparse": float(np.sum((15.0 * rows) ** 2)) / 2 / cls.SPARSE_RATE,
                    "dense": n_groups * float(n_values) ** 2 / cls.DENSE_RATE}
@@ -72,10 +74,10 @@ class VoxelOrder:
             chosen = rank < max(int(round(fraction * n_groups)), 1)
             fraction = float(chosen.sum() / n_groups)
             selected = chosen[group]
-            order = np.flatnonzero(selected)[np.argsort(group[selected], kind="stable")]
+            order = np.flatnonzero(selected)[grouped_order(group[selected], n_groups)]
             rows = rows[chosen]
         else:
-            order = np.argsort(group, kind="stable")
+            order = grouped_order(group, n_groups)
             rows = rows[rows > 0]
         starts = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
         n_voxels = len(rows)
@@ -88,7 +90,9 @@ class VoxelOrder:
 
 
 def normal_matrix(partials, design, voxels: VoxelOrder, penalty_gram: np.ndarray) -> np.ndarray:
-    """JᵀJ of the data term with Î eliminated, plus the penalties' QᵀQ, over the model values."""
+    """JᵀJ of the data term with Î eliminated, plus the penalties' QᵀQ, over the model values.
+
+    partials : (≥ N, 5) ∂r_i/∂(a_i, b_i, c_i, d_i, Î) per observation row (:func:`.row_chunks.chunked_partials`)."""
     assemble, schur_rows, _mirror = _kernels()
     offsets = np.cumsum([0, design.n_b, design.n_c, design.n_a]).astype(np.int64)
     n_values = int(offsets[-1] + design.n_regions)

@@ -14,8 +14,8 @@ import numpy as np
 
 from .gauss_newton import Solver, VoxelOrder, normal_matrix
 from .model import Design, ScaleParams, effective
-from .residuals import (observation_partials, observation_residuals, penalty_residuals, reduced_basis, residuals,
-                        scaling_data, split_values, stacked_penalty)
+from .residuals import padded_rows, reduced_basis, scaling_data, split_values, stacked_penalty
+from .row_chunks import CHUNK_ROWS, chunked_evaluate, chunked_partials, chunked_value_and_grad
 
 __all__ = ["JointProblem", "enable_compilation_cache", "jax_device"]
 
@@ -52,20 +52,10 @@ def _compiled():
     """The jitted functions, created once per process (jax.jit caches the compilations per shape)."""
     if not _COMPILED:
         import jax  # noqa: PLC0415
-        import jax.numpy as jnp  # noqa: PLC0415
 
-        def half_loss(theta, data):
-            r_data, r_penalty = residuals(theta, data)
-            return 0.5 * (jnp.sum(r_data * r_data) + jnp.sum(r_penalty * r_penalty))
-
-        def evaluate(theta, data):
-            r, v = observation_residuals(theta, data)
-            r_data, r_penalty = data.sqrt_weight * r, penalty_residuals(v, data)
-            return jnp.sum(r_data * r_data), jnp.sum(r_penalty * r_penalty), r
-
-        _COMPILED["value_and_grad"] = jax.jit(jax.value_and_grad(half_loss))
-        _COMPILED["partials"] = jax.jit(observation_partials)
-        _COMPILED["evaluate"] = jax.jit(evaluate)
+        _COMPILED["value_and_grad"] = jax.jit(chunked_value_and_grad)
+        _COMPILED["partials"] = jax.jit(chunked_partials)
+        _COMPILED["evaluate"] = jax.jit(chunked_evaluate)
     return _COMPILED
 
 
@@ -82,12 +72,8 @@ class JointProblem:
         self.penalty_gram = (q.T @ q).toarray()
         self.voxels = VoxelOrder.of(group, n_groups, self.basis.offset.size)
         with jax.enable_x64(True):
-            self.data = scaling_data(design, self.basis, (q, target), intensity, np.sqrt(weight), group, n_groups)
-        if jax.devices()[0].platform == "cpu":
-            # one copy of the interpolation weights: the design's arrays become read-only views of the
-            # device buffers (the same values), so the originals can be freed (10⁷ rows: 1.1 GB)
-            for name in ("wb", "wc", "wa"):
-                setattr(design, name, np.asarray(getattr(self.data, name)))
+            self.data = scaling_data(design, self.basis, (q, target), intensity, np.sqrt(weight), group, n_groups,
+                                     share_weights=jax.devices()[0].platform == "cpu")
         functions = _compiled()
         t = self.basis.matrix
 
@@ -122,7 +108,7 @@ class JointProblem:
         import jax.numpy as jnp  # noqa: PLC0415
 
         with jax.enable_x64(True):
-            return dataclasses.replace(self.data, sqrt_weight=jnp.asarray(np.sqrt(weight)))
+            return dataclasses.replace(self.data, sqrt_weight=jnp.asarray(padded_rows(np.sqrt(weight), CHUNK_ROWS)))
 
     def fit(self, theta, weight, max_iterations, report):
         self.data = self._weighted(weight)
@@ -134,7 +120,7 @@ class JointProblem:
 
         with jax.enable_x64(True):
             chi2, penalty, r = _compiled()["evaluate"](np.asarray(theta, np.float64), self._weighted(weight))
-            return float(chi2), float(penalty), np.asarray(r)
+            return float(chi2), float(penalty), np.asarray(r)[:self.data.n_rows]
 
     def uncertainties(self, theta, variance_scale: float) -> ScaleParams:
         """σ of every model value from the Gauss–Newton normal matrix: diag(T C Tᵀ), C = s·H⁻¹."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .model import ASurface, BScale, COffset, Design, DRegions, ScaleParams, row_blocks, effective
+from .model import ASurface, BScale, COffset, Design, DRegions, ScaleParams, effective
 
 __all__ = ["component_values", "data_chi2", "penalty_loss", "data_curvature", "relative_weights", "settled", "merged_intensity"]
 
@@ -73,8 +73,9 @@ def data_curvature(design, intensity, weight, group, n_groups) -> ScaleParams:
     wi2 = weight * merged[group] ** 2
 
     def per_node(index, interp, row_weight, n):
-        return sum(np.bincount(index[rows].ravel(), weights=(row_weight[rows, None] * interp[rows] ** 2).ravel(),
-                               minlength=n) for rows in row_blocks(len(index)))
+        from .row_kernels import node_sums  # noqa: PLC0415
+
+        return node_sums(index, interp, row_weight, n, power=2)
 
     return ScaleParams(BScale(per_node(design.ib, design.wb, wi2, design.n_b)),
                        COffset(per_node(design.ic, design.wc, weight, design.n_c)),

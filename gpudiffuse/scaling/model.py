@@ -161,6 +161,14 @@ def _hat(u, lo, hi, n):
     return i0, i0 + 1, 1 - t, t
 
 
+def _chunked_rows(n: int, width: int) -> np.ndarray:
+    """An (n, width) float64 view of a zeroed buffer of whole row chunks, so that the joint fit can
+    hand the buffer to JAX without another padded copy (see :func:`.residuals.padded_rows`)."""
+    from .row_chunks import CHUNK_ROWS  # noqa: PLC0415
+
+    return np.zeros((max(-(-n // CHUNK_ROWS), 1) * CHUNK_ROWS, width))[:n]
+
+
 def build_design(table: dict, batches, n_frames: dict, options: ScaleOptions, image_size, regions=None,
                  s_range=None) -> Design:
     """Interpolation structure for the observations of ``table`` (columns batch, frame, s, ix, iy).
@@ -184,9 +192,9 @@ def build_design(table: dict, batches, n_frames: dict, options: ScaleOptions, im
     smin, smax = (float(s_all.min()), float(s_all.max())) if s_range is None else s_range
     last_frame = np.array([n_frames[b] - 1 for b in sorted(batch_ids)], dtype=np.float64)
     n = len(batch)
-    ib, wb = np.empty((n, 2), np.int32), np.empty((n, 2))
-    ic, wc = np.empty((n, 4), np.int32), np.empty((n, 4))
-    ia, wa = np.empty((n, 8), np.int32), np.empty((n, 8))
+    ib, wb = np.empty((n, 2), np.int32), _chunked_rows(n, 2)
+    ic, wc = np.empty((n, 4), np.int32), _chunked_rows(n, 4)
+    ia, wa = np.empty((n, 8), np.int32), _chunked_rows(n, 8)
     # filled in blocks of rows: 10⁷ observations would otherwise hold dozens of (N,) temporaries
     for rows in row_blocks(n):
         bt = batch[rows]
@@ -304,25 +312,12 @@ def radial_operator(design: Design) -> sp.csr_matrix:
     observations in |s| bin k (c's |s| hat functions, all batches and frames pooled) minus the mean
     over all observations, so only the resolution *shape* of a is pinned, not its level.
     """
+    from .row_kernels import radial_sums  # noqa: PLC0415
+
     ns, nzc = design.shape_c[1], design.shape_c[2]
     n = len(design.ia)
-    node_sums = np.zeros(ns * design.n_a)   # Σ_i hat_s[i, k] · wa[i, j] at (|s| node k, a node j)
-    bin_totals = np.zeros(ns)               # Σ_i hat_s[i, k]
-    overall = np.zeros(design.n_a)
-    for rows in row_blocks(n):  # blocks of rows keep the temporaries small for 10⁷ observations
-        ic, wc, ia, wa = design.ic[rows], design.wc[rows], design.ia[rows], design.wa[rows]
-        s_node = (ic // nzc) % ns             # |s| node of each of c's interpolation terms
-        bin_totals += np.bincount(s_node.ravel(), weights=wc.ravel(), minlength=ns)
-        overall += np.bincount(ia.ravel(), weights=wa.ravel(), minlength=design.n_a)
-        columns = list(range(ic.shape[1]))
-        while columns:  # columns with the same |s| node (different frame nodes) summed first
-            col = columns.pop(0)
-            same = [c for c in columns if np.array_equal(s_node[:, c], s_node[:, col])]
-            columns = [c for c in columns if c not in same]
-            weight = wc[:, [col, *same]].sum(axis=1)
-            node_sums += np.bincount((s_node[:, col:col + 1] * design.n_a + ia).ravel(),
-                                     weights=(wa * weight[:, None]).ravel(), minlength=ns * design.n_a)
-    bin_mean = node_sums.reshape(ns, design.n_a) / np.maximum(bin_totals, 1e-300)[:, None]
+    node_sums, bin_totals, overall = radial_sums(design.ic, design.wc, design.ia, design.wa, ns, nzc, design.n_a)
+    bin_mean = node_sums / np.maximum(bin_totals, 1e-300)[:, None]
     return sp.csr_matrix(bin_mean - overall[None, :] / n)
 
 

@@ -13,7 +13,7 @@ __all__ = ["assemble", "schur_rows", "mirror"]
 @njit(cache=True, inline="always")
 def local_row(i, ib, wb, ic, wc, ia, wa, region, partials, offsets, cols, jac):
     """Columns and values of observation i's Jacobian row over the model values; returns ∂r_i/∂Î."""
-    pa, pb, pc, pd = partials[0, i], partials[1, i], partials[2, i], partials[3, i]
+    pa, pb, pc, pd = partials[i, 0], partials[i, 1], partials[i, 2], partials[i, 3]
     for k in range(2):
         cols[k] = ib[i, k]
         jac[k] = pb * wb[i, k]
@@ -25,7 +25,7 @@ def local_row(i, ib, wb, ic, wc, ia, wa, region, partials, offsets, cols, jac):
         jac[6 + k] = pa * wa[i, k]
     cols[14] = offsets[3] + region[i]
     jac[14] = pd
-    return partials[4, i]
+    return partials[i, 4]
 
 
 @njit(parallel=True, cache=True)

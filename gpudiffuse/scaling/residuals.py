@@ -30,7 +30,7 @@ import scipy.sparse as sp
 from .model import ASurface, BScale, COffset, Design, DRegions, ScaleParams, penalty_operators
 
 __all__ = ["Basis", "reduced_basis", "ScalingData", "scaling_data", "residuals", "observation_residuals",
-           "penalty_residuals", "model_values", "observation_partials", "stacked_penalty", "split_values"]
+           "penalty_residuals", "model_values", "padded_rows", "stacked_penalty", "split_values"]
 
 
 @dataclass(frozen=True)
@@ -70,9 +70,9 @@ def split_values(v, design: Design) -> ScaleParams:
 
 
 def _touched(index, weights, n):
-    hit = np.zeros(n, bool)
-    hit[np.asarray(index)[np.asarray(weights) > 0]] = True
-    return hit
+    from .row_kernels import touched_nodes  # noqa: PLC0415
+
+    return touched_nodes(np.asarray(index), np.asarray(weights), int(n))
 
 
 def reduced_basis(design: Design, ops: dict | None = None) -> Basis:
@@ -158,7 +158,8 @@ def _static():
 class ScalingData:
     """Arrays of one scaling problem (device arrays under JAX) and its static sizes.
 
-    Per observation (N,): intensity and sqrt_weight (1/σ, 0 for rejected rows), group (voxel id),
+    Per observation (N rows, padded with rows of weight 0 to whole chunks of
+    :data:`.row_chunks.CHUNK_ROWS`; ``n_rows`` = N): intensity and sqrt_weight (1/σ, 0 for rejected rows), group (voxel id),
     and per component the first interpolation node (``b_node`` …) and the weights (N, K). The K
     nodes of a row are that first node plus fixed offsets (``b_offsets`` …: the corners of a hat
     cell), so the model gathers whole rows of a small (nodes, K) table instead of N·K single
@@ -183,6 +184,7 @@ class ScalingData:
     penalty_value: object
     penalty_target: object
     n_groups: int = _static()
+    n_rows: int = _static()
     n_b: int = _static()
     n_c: int = _static()
     n_a: int = _static()
@@ -196,30 +198,65 @@ _REGISTERED = []
 
 
 def _cell_offsets(index: np.ndarray, name: str) -> tuple:
+    from .row_kernels import fixed_offsets  # noqa: PLC0415
+
     offsets = index[0] - index[0, 0]
-    if not np.array_equal(index - index[:, :1], np.broadcast_to(offsets, index.shape)):
+    if not fixed_offsets(np.asarray(index)):
         raise AssertionError(f"the interpolation corners of {name} are not at fixed offsets")
     return tuple(int(x) for x in offsets)
 
 
-def scaling_data(design: Design, basis: Basis, penalty: tuple, intensity, sqrt_weight, group, n_groups: int):
-    """Device arrays of one problem (float64: call under ``jax.enable_x64``)."""
+def scaling_data(design: Design, basis: Basis, penalty: tuple, intensity, sqrt_weight, group, n_groups: int,
+                 share_weights: bool = False):
+    """Device arrays of one problem (float64: call under ``jax.enable_x64``); the per-row arrays are
+    padded to whole chunks of :data:`.row_chunks.CHUNK_ROWS` rows (:func:`padded_rows`).
+
+    share_weights (host devices only): the design's interpolation weights become read-only views of
+    the device buffers (the same values), so that one copy of them is held, not two (10⁷ rows:
+    1.1 GB). The arrays are moved one at a time, each original freed before the next is copied."""
+    import jax  # noqa: PLC0415
     import jax.numpy as jnp  # noqa: PLC0415
 
     if not _REGISTERED:
         _REGISTERED.append(_register(ScalingData))
+    from .row_chunks import CHUNK_ROWS  # noqa: PLC0415
+
     t = basis.matrix.tocoo()
     q = penalty[0].tocoo()
-    arrays = dict(intensity=intensity, sqrt_weight=sqrt_weight, group=group,
-                  b_node=design.ib[:, 0], wb=design.wb, c_node=design.ic[:, 0], wc=design.wc,
-                  a_node=design.ia[:, 0], wa=design.wa, region=design.region,
-                  offset=basis.offset, basis_row=t.row.astype(np.int32), basis_col=t.col.astype(np.int32),
+    per_row = dict(intensity=intensity, sqrt_weight=sqrt_weight, group=np.asarray(group, np.int32), b_node=design.ib[:, 0], wb=design.wb,
+                   c_node=design.ic[:, 0], wc=design.wc, a_node=design.ia[:, 0], wa=design.wa, region=design.region)
+    arrays = dict(offset=basis.offset, basis_row=t.row.astype(np.int32), basis_col=t.col.astype(np.int32),
                   basis_value=t.data, penalty_row=q.row.astype(np.int32), penalty_col=q.col.astype(np.int32),
                   penalty_value=q.data, penalty_target=penalty[1])
-    return ScalingData(**{k: jnp.asarray(v) for k, v in arrays.items()}, n_groups=int(n_groups), n_b=design.n_b,
+    arrays = {k: jnp.asarray(v) for k, v in arrays.items()}
+    n = len(intensity)
+    for name in sorted(per_row, key=lambda k: -np.asarray(per_row[k]).nbytes):  # largest first
+        arrays[name] = jax.device_put(padded_rows(per_row.pop(name), CHUNK_ROWS)).block_until_ready()
+        if share_weights and name in ("wb", "wc", "wa"):
+            setattr(design, name, np.asarray(arrays[name])[:n])
+    return ScalingData(**arrays, n_groups=int(n_groups),
+                       n_rows=n, n_b=design.n_b,
                        n_c=design.n_c, n_a=design.n_a, n_regions=design.n_regions,
                        b_offsets=_cell_offsets(design.ib, "b"), c_offsets=_cell_offsets(design.ic, "c"),
                        a_offsets=_cell_offsets(design.ia, "a"))
+
+
+def padded_rows(values, chunk: int) -> np.ndarray:
+    """``values`` (N, …) followed by zero rows up to a whole number of chunks: rows of weight 0,
+    voxel 0 and node 0, which add nothing to any sum of the fit. When ``values`` is the head of
+    such a buffer already (the design's weights, see ``model._chunked_rows``), that buffer, with its
+    tail zeroed, instead of a copy."""
+    values = np.asarray(values)
+    n = len(values)
+    rows = max(-(-n // chunk), 1) * chunk
+    base = values.base
+    if (isinstance(base, np.ndarray) and base.shape == (rows, *values.shape[1:]) and base.dtype == values.dtype
+            and base.flags.c_contiguous and base.flags.writeable and values.ctypes.data == base.ctypes.data):
+        base[n:] = 0
+        return base
+    out = np.zeros((rows, *values.shape[1:]), values.dtype)
+    out[:n] = values
+    return out
 
 
 def model_values(theta, data: ScalingData):
@@ -292,18 +329,3 @@ def residuals(theta, data: ScalingData):
     """(data residuals (N,), penalty residuals): r = √w (I − a·d·(b·Î + c)) and Q v − t."""
     r, v = observation_residuals(theta, data)
     return data.sqrt_weight * r, penalty_residuals(v, data)
-
-
-def observation_partials(theta, data: ScalingData):
-    """∂r_i/∂(a_i, b_i, c_i, d_i, Î) per observation at θ (Î at its profiled value), by forward-mode
-    autodiff of the per-observation model: a (5, N) array. The chain rule to the control points is
-    the (sparse, linear) interpolation, applied where the normal matrix is assembled."""
-    import jax  # noqa: PLC0415
-    import jax.numpy as jnp  # noqa: PLC0415
-
-    _, primals = _profiled(theta, data)
-    rows = []
-    for k in range(5):
-        tangents = tuple(jnp.ones_like(x) if i == k else jnp.zeros_like(x) for i, x in enumerate(primals))
-        rows.append(-data.sqrt_weight * jax.jvp(_prediction, primals, tangents)[1])
-    return jnp.stack(rows)
