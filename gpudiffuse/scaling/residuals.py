@@ -244,16 +244,19 @@ def scaling_data(design: Design, basis: Basis, penalty: tuple, intensity, sqrt_w
 def padded_rows(values, chunk: int) -> np.ndarray:
     """``values`` (N, …) followed by zero rows up to a whole number of chunks: rows of weight 0,
     voxel 0 and node 0, which add nothing to any sum of the fit. When ``values`` is the head of
-    such a buffer already (the design's weights, see ``model._chunked_rows``), that buffer, with its
-    tail zeroed, instead of a copy."""
+    such a buffer already (the design's weights, see ``model._chunked_rows``, or the views of an
+    earlier fit's device arrays), that buffer, with its tail zeroed, instead of a copy."""
     values = np.asarray(values)
     n = len(values)
     rows = max(-(-n // chunk), 1) * chunk
     base = values.base
     if (isinstance(base, np.ndarray) and base.shape == (rows, *values.shape[1:]) and base.dtype == values.dtype
-            and base.flags.c_contiguous and base.flags.writeable and values.ctypes.data == base.ctypes.data):
-        base[n:] = 0
-        return base
+            and base.flags.c_contiguous and values.ctypes.data == base.ctypes.data):
+        if base.flags.writeable:
+            base[n:] = 0
+            return base
+        if not np.any(base[n:]):  # a read-only padded buffer: the view of an earlier fit's device array
+            return base
     out = np.zeros((rows, *values.shape[1:]), values.dtype)
     out[:n] = values
     return out
