@@ -25,11 +25,9 @@ from _results import provenance, write_result
 CHILD = """
 import json, logging, resource, sys, time
 logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-from gpudiffuse.backend import return_large_frees_to_the_system
 from gpudiffuse.cli import build_parser
 from gpudiffuse.cli_options import process_parameters
 from gpudiffuse.pipeline import process
-return_large_frees_to_the_system()  # as the command line does
 args = build_parser().parse_args(sys.argv[1:])
 t0 = time.perf_counter()
 result = process(process_parameters(args), args.out, progress=False)

@@ -265,10 +265,7 @@ COMMANDS = {"simulate": _run_simulate, "import": _run_import, "find-peaks": _run
 
 
 def main(argv=None) -> int:
-    from .backend import return_large_frees_to_the_system  # noqa: PLC0415
     from .io.nexus import set_command_line  # noqa: PLC0415
-
-    return_large_frees_to_the_system()
 
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)

@@ -10,7 +10,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from .backend import resolve_device
+from .backend import release_free_memory, resolve_device
 from .experiment import ImportParameters, summarise
 from .integration import IntegrationParameters
 from .integration.pixels import frame_list
@@ -77,7 +77,8 @@ class _StepClock:
         if self._name is not None:
             self.seconds[self._name] = round(now - self._start, 3)
             logger.info("step %s: %.2f s", self._name, now - self._start)
-        self._name, self._start = name, now
+            release_free_memory()
+        self._name, self._start = name, time.perf_counter()
 
 
 def process(params: ProcessParameters, out: str, overwrite: bool = False, progress: bool = True) -> dict:
@@ -120,6 +121,8 @@ def process(params: ProcessParameters, out: str, overwrite: bool = False, progre
     clock.step("merge")
     merged = run_merge(out, params.merging, overwrite, experiment, integration, scale, backend, absolute)
 
+    # merge has used the tables; the map needs only the merged voxels (1M preset: ~300 MB less at its peak)
+    integration = scale.tables = scale.scaled = None
     clock.step("map")
     run_map(out, overwrite, merged, backend)
     clock.step(None)

@@ -19,6 +19,11 @@ __all__ = ["component_values", "data_chi2", "penalty_loss", "data_curvature", "r
 def component_values(params: ScaleParams, design: Design, xp=np):
     """Per-observation a, b, c, d of the effective model."""
     b, c, a, d = effective(params, design, xp)
+    if xp is np:  # compiled: no (N, K) temporaries (1M rows: 125 MB for a), the same values
+        from .row_kernels import interpolated  # noqa: PLC0415
+
+        return (interpolated(a, design.ia, design.wa), interpolated(b, design.ib, design.wb),
+                interpolated(c, design.ic, design.wc), d[design.region])
     bi = (b[design.ib] * design.wb).sum(axis=1)
     ci = (c[design.ic] * design.wc).sum(axis=1)
     ai = (a[design.ia] * design.wa).sum(axis=1)

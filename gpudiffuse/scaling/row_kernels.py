@@ -10,7 +10,7 @@ Module-level functions so that numba's on-disk cache finds them again in a new p
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["node_sums", "radial_sums", "touched_nodes", "fixed_offsets", "grouped_order"]
+__all__ = ["node_sums", "radial_sums", "touched_nodes", "fixed_offsets", "grouped_order", "interpolated"]
 
 PARTS = 16
 
@@ -98,3 +98,24 @@ def grouped_order(group, n_groups):
         order[next_slot[group[i]]] = i
         next_slot[group[i]] += 1
     return order
+
+
+@njit(parallel=True, cache=True)
+def interpolated(values, index, weights):
+    """Σ_k values[index_ik] · weights_ik per row, (N,), without the (N, K) temporaries. The terms are
+    added in NumPy's order for ``(values[index] * weights).sum(axis=1)`` (pairwise for K = 8,
+    left to right below 8), so the two agree to the last bit."""
+    n, width = index.shape
+    out = np.empty(n)
+    for i in prange(n):
+        if width == 8:
+            t = np.empty(8)
+            for k in range(8):
+                t[k] = values[index[i, k]] * weights[i, k]
+            out[i] = ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]))
+        else:
+            total = 0.0
+            for k in range(width):
+                total += values[index[i, k]] * weights[i, k]
+            out[i] = total
+    return out
