@@ -15,7 +15,7 @@ import numpy as np
 from .gauss_newton import Solver, VoxelOrder, normal_matrix
 from .model import Design, ScaleParams, effective
 from .residuals import padded_rows, reduced_basis, scaling_data, split_values, stacked_penalty
-from .row_chunks import CHUNK_ROWS, chunked_evaluate, chunked_partials, chunked_value_and_grad
+from .row_chunks import chunked_evaluate, chunked_partials, chunked_value_and_grad
 
 __all__ = ["JointProblem", "enable_compilation_cache", "jax_device"]
 
@@ -108,7 +108,7 @@ class JointProblem:
         import jax.numpy as jnp  # noqa: PLC0415
 
         with jax.enable_x64(True):
-            return dataclasses.replace(self.data, sqrt_weight=jnp.asarray(padded_rows(np.sqrt(weight), CHUNK_ROWS)))
+            return dataclasses.replace(self.data, sqrt_weight=jnp.asarray(padded_rows(np.sqrt(weight))))
 
     def fit(self, theta, weight, max_iterations, report):
         self.data = self._weighted(weight)

@@ -164,9 +164,9 @@ def _hat(u, lo, hi, n):
 def _chunked_rows(n: int, width: int) -> np.ndarray:
     """An (n, width) float64 view of a zeroed buffer of whole row chunks, so that the joint fit can
     hand the buffer to JAX without another padded copy (see :func:`.residuals.padded_rows`)."""
-    from .row_chunks import CHUNK_ROWS  # noqa: PLC0415
+    from .row_chunks import padded_length  # noqa: PLC0415
 
-    return np.zeros((max(-(-n // CHUNK_ROWS), 1) * CHUNK_ROWS, width))[:n]
+    return np.zeros((padded_length(n), width))[:n]
 
 
 def build_design(table: dict, batches, n_frames: dict, options: ScaleOptions, image_size, regions=None,

@@ -158,9 +158,9 @@ def _static():
 class ScalingData:
     """Arrays of one scaling problem (device arrays under JAX) and its static sizes.
 
-    Per observation (N rows, padded with rows of weight 0 to whole chunks of
-    :data:`.row_chunks.CHUNK_ROWS`; ``n_rows`` = N): intensity and sqrt_weight (1/σ, 0 for rejected rows), group (voxel id),
-    and per component the first interpolation node (``b_node`` …) and the weights (N, K). The K
+    Per observation (N rows, padded with rows of weight 0 to whole chunks,
+    :func:`.row_chunks.padded_length`; ``n_rows`` = N): intensity and sqrt_weight (1/σ, 0 for
+    rejected rows), group (voxel id), and per component the first interpolation node (``b_node`` …) and the weights (N, K). The K
     nodes of a row are that first node plus fixed offsets (``b_offsets`` …: the corners of a hat
     cell), so the model gathers whole rows of a small (nodes, K) table instead of N·K single
     values, which XLA does much faster on a CPU. Basis T and penalty Q as COO triplets."""
@@ -209,7 +209,7 @@ def _cell_offsets(index: np.ndarray, name: str) -> tuple:
 def scaling_data(design: Design, basis: Basis, penalty: tuple, intensity, sqrt_weight, group, n_groups: int,
                  share_weights: bool = False):
     """Device arrays of one problem (float64: call under ``jax.enable_x64``); the per-row arrays are
-    padded to whole chunks of :data:`.row_chunks.CHUNK_ROWS` rows (:func:`padded_rows`).
+    padded to whole chunks (:func:`padded_rows`).
 
     share_weights (host devices only): the design's interpolation weights become read-only views of
     the device buffers (the same values), so that one copy of them is held, not two (10⁷ rows:
@@ -219,8 +219,6 @@ def scaling_data(design: Design, basis: Basis, penalty: tuple, intensity, sqrt_w
 
     if not _REGISTERED:
         _REGISTERED.append(_register(ScalingData))
-    from .row_chunks import CHUNK_ROWS  # noqa: PLC0415
-
     t = basis.matrix.tocoo()
     q = penalty[0].tocoo()
     per_row = dict(intensity=intensity, sqrt_weight=sqrt_weight, group=np.asarray(group, np.int32), b_node=design.ib[:, 0], wb=design.wb,
@@ -231,7 +229,7 @@ def scaling_data(design: Design, basis: Basis, penalty: tuple, intensity, sqrt_w
     arrays = {k: jnp.asarray(v) for k, v in arrays.items()}
     n = len(intensity)
     for name in sorted(per_row, key=lambda k: -np.asarray(per_row[k]).nbytes):  # largest first
-        arrays[name] = jax.device_put(padded_rows(per_row.pop(name), CHUNK_ROWS)).block_until_ready()
+        arrays[name] = jax.device_put(padded_rows(per_row.pop(name))).block_until_ready()
         if share_weights and name in ("wb", "wc", "wa"):
             setattr(design, name, np.asarray(arrays[name])[:n])
     return ScalingData(**arrays, n_groups=int(n_groups),
@@ -241,14 +239,16 @@ def scaling_data(design: Design, basis: Basis, penalty: tuple, intensity, sqrt_w
                        a_offsets=_cell_offsets(design.ia, "a"))
 
 
-def padded_rows(values, chunk: int) -> np.ndarray:
-    """``values`` (N, …) followed by zero rows up to a whole number of chunks: rows of weight 0,
-    voxel 0 and node 0, which add nothing to any sum of the fit. When ``values`` is the head of
-    such a buffer already (the design's weights, see ``model._chunked_rows``, or the views of an
-    earlier fit's device arrays), that buffer, with its tail zeroed, instead of a copy."""
+def padded_rows(values) -> np.ndarray:
+    """``values`` (N, …) followed by zero rows up to :func:`.row_chunks.padded_length` rows: rows of
+    weight 0, voxel 0 and node 0, which add nothing to any sum of the fit. When ``values`` is the
+    head of such a buffer already (the design's weights, see ``model._chunked_rows``, or the views
+    of an earlier fit's device arrays), that buffer, with its tail zeroed, instead of a copy."""
+    from .row_chunks import padded_length  # noqa: PLC0415
+
     values = np.asarray(values)
     n = len(values)
-    rows = max(-(-n // chunk), 1) * chunk
+    rows = padded_length(n)
     base = values.base
     if (isinstance(base, np.ndarray) and base.shape == (rows, *values.shape[1:]) and base.dtype == values.dtype
             and base.flags.c_contiguous and values.ctypes.data == base.ctypes.data):

@@ -9,31 +9,45 @@ in chunks of ``CHUNK_ROWS``, so the temporaries are those of one chunk:
   held fixed. That is the full gradient: Î minimises the data term for the current θ (variable
   projection), so ∂L/∂Î = 0 there and the chain through Î adds nothing.
 
-The table is padded to whole chunks (rows of weight 0, which add nothing) when the device arrays
-are made (:func:`.residuals.scaling_data`), so every chunk has the same shape and the scan body is
-compiled once.
+The table is padded (rows of weight 0, which add nothing; :func:`padded_length`) when the device
+arrays are made (:func:`.residuals.scaling_data`), to whole chunks or, below one chunk, to a single
+chunk of the table's size, so every chunk has the same shape and the scan body is compiled once.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-__all__ = ["CHUNK_ROWS", "ROW_FIELDS", "chunked_value_and_grad", "chunked_evaluate", "chunked_partials"]
+__all__ = ["CHUNK_ROWS", "ROW_FIELDS", "padded_length", "chunked_value_and_grad", "chunked_evaluate",
+           "chunked_partials"]
 
 CHUNK_ROWS = 1 << 17
+ROW_QUANTUM = 1024
+
+
+def padded_length(n: int) -> int:
+    """Rows of the padded table: a table that fits one chunk is that chunk, rounded up to a multiple
+    of 1024 rows (small problems do not pay for 131072 rows); a larger one, whole chunks."""
+    if n <= CHUNK_ROWS:
+        return max(-(-n // ROW_QUANTUM), 1) * ROW_QUANTUM
+    return -(-n // CHUNK_ROWS) * CHUNK_ROWS
+
+
+def _chunk_rows(data) -> int:
+    return min(CHUNK_ROWS, data.intensity.shape[0])
 ROW_FIELDS = ("intensity", "sqrt_weight", "group", "b_node", "wb", "c_node", "wc", "a_node", "wa", "region")
 
 
 def _chunk(data, index):
     from jax import lax  # noqa: PLC0415
 
-    start = index * CHUNK_ROWS
-    return dataclasses.replace(data, **{name: lax.dynamic_slice_in_dim(getattr(data, name), start, CHUNK_ROWS)
+    rows = _chunk_rows(data)
+    return dataclasses.replace(data, **{name: lax.dynamic_slice_in_dim(getattr(data, name), index * rows, rows)
                                         for name in ROW_FIELDS})
 
 
 def _n_chunks(data) -> int:
-    return data.intensity.shape[0] // CHUNK_ROWS
+    return data.intensity.shape[0] // _chunk_rows(data)
 
 
 def chunk_merged(v, data):

@@ -27,7 +27,7 @@ def _repadded(values, n):
     import jax.numpy as jnp
 
     with jax.enable_x64(True):
-        return jnp.asarray(padded_rows(np.asarray(values)[:n], 4096))
+        return jnp.asarray(padded_rows(np.asarray(values)[:n]))
 
 
 def test_chunked_value_gradient_residuals_and_partials_equal_whole_table_autodiff(small_chunks):
