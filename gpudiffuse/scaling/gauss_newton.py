@@ -92,7 +92,8 @@ class VoxelOrder:
 def normal_matrix(partials, design, voxels: VoxelOrder, penalty_gram: np.ndarray) -> np.ndarray:
     """JᵀJ of the data term with Î eliminated, plus the penalties' QᵀQ, over the model values.
 
-    partials : (≥ N, 5) ∂r_i/∂(a_i, b_i, c_i, d_i, Î) per observation row (:func:`.row_chunks.chunked_partials`)."""
+    partials : (≥ N, 5) ∂r_i/∂(a_i, b_i, c_i, d_i, Î) per observation row
+    (:func:`.row_chunks.chunked_partials`)."""
     assemble, schur_rows, _mirror = _kernels()
     offsets = np.cumsum([0, design.n_b, design.n_c, design.n_a]).astype(np.int64)
     n_values = int(offsets[-1] + design.n_regions)

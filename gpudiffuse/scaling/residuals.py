@@ -160,10 +160,11 @@ class ScalingData:
 
     Per observation (N rows, padded with rows of weight 0 to whole chunks,
     :func:`.row_chunks.padded_length`; ``n_rows`` = N): intensity and sqrt_weight (1/σ, 0 for
-    rejected rows), group (voxel id), and per component the first interpolation node (``b_node`` …) and the weights (N, K). The K
-    nodes of a row are that first node plus fixed offsets (``b_offsets`` …: the corners of a hat
-    cell), so the model gathers whole rows of a small (nodes, K) table instead of N·K single
-    values, which XLA does much faster on a CPU. Basis T and penalty Q as COO triplets."""
+    rejected rows), group (voxel id), and per component the first interpolation node (``b_node``
+    …) and the weights (N, K). The K nodes of a row are that first node plus fixed offsets
+    (``b_offsets`` …: the corners of a hat cell), so the model gathers whole rows of a small
+    (nodes, K) table instead of N·K single values, which XLA does much faster on a CPU. Basis T
+    and penalty Q as COO triplets."""
 
     intensity: object
     sqrt_weight: object
@@ -221,8 +222,9 @@ def scaling_data(design: Design, basis: Basis, penalty: tuple, intensity, sqrt_w
         _REGISTERED.append(_register(ScalingData))
     t = basis.matrix.tocoo()
     q = penalty[0].tocoo()
-    per_row = dict(intensity=intensity, sqrt_weight=sqrt_weight, group=np.asarray(group, np.int32), b_node=design.ib[:, 0], wb=design.wb,
-                   c_node=design.ic[:, 0], wc=design.wc, a_node=design.ia[:, 0], wa=design.wa, region=design.region)
+    per_row = dict(intensity=intensity, sqrt_weight=sqrt_weight, group=np.asarray(group, np.int32),
+                   b_node=design.ib[:, 0], wb=design.wb, c_node=design.ic[:, 0], wc=design.wc,
+                   a_node=design.ia[:, 0], wa=design.wa, region=design.region)
     arrays = dict(offset=basis.offset, basis_row=t.row.astype(np.int32), basis_col=t.col.astype(np.int32),
                   basis_value=t.data, penalty_row=q.row.astype(np.int32), penalty_col=q.col.astype(np.int32),
                   penalty_value=q.data, penalty_target=penalty[1])
@@ -232,9 +234,8 @@ def scaling_data(design: Design, basis: Basis, penalty: tuple, intensity, sqrt_w
         arrays[name] = jax.device_put(padded_rows(per_row.pop(name))).block_until_ready()
         if share_weights and name in ("wb", "wc", "wa"):
             setattr(design, name, np.asarray(arrays[name])[:n])
-    return ScalingData(**arrays, n_groups=int(n_groups),
-                       n_rows=n, n_b=design.n_b,
-                       n_c=design.n_c, n_a=design.n_a, n_regions=design.n_regions,
+    return ScalingData(**arrays, n_groups=int(n_groups), n_rows=n, n_b=design.n_b, n_c=design.n_c,
+                       n_a=design.n_a, n_regions=design.n_regions,
                        b_offsets=_cell_offsets(design.ib, "b"), c_offsets=_cell_offsets(design.ic, "c"),
                        a_offsets=_cell_offsets(design.ia, "a"))
 
@@ -242,8 +243,9 @@ def scaling_data(design: Design, basis: Basis, penalty: tuple, intensity, sqrt_w
 def padded_rows(values) -> np.ndarray:
     """``values`` (N, …) followed by zero rows up to :func:`.row_chunks.padded_length` rows: rows of
     weight 0, voxel 0 and node 0, which add nothing to any sum of the fit. When ``values`` is the
-    head of such a buffer already (the design's weights, see ``model._chunked_rows``, or the views
-    of an earlier fit's device arrays), that buffer, with its tail zeroed, instead of a copy."""
+    head of a buffer of that length whose other rows are zero (the design's weights, see
+    ``model._chunked_rows``, or the views of an earlier fit's device arrays), that buffer instead
+    of a copy."""
     from .row_chunks import padded_length  # noqa: PLC0415
 
     values = np.asarray(values)
@@ -251,12 +253,8 @@ def padded_rows(values) -> np.ndarray:
     rows = padded_length(n)
     base = values.base
     if (isinstance(base, np.ndarray) and base.shape == (rows, *values.shape[1:]) and base.dtype == values.dtype
-            and base.flags.c_contiguous and values.ctypes.data == base.ctypes.data):
-        if base.flags.writeable:
-            base[n:] = 0
-            return base
-        if not np.any(base[n:]):  # a read-only padded buffer: the view of an earlier fit's device array
-            return base
+            and base.flags.c_contiguous and values.ctypes.data == base.ctypes.data and not np.any(base[n:])):
+        return base  # the same rows followed by zero rows: already the padded table (never written to)
     out = np.zeros((rows, *values.shape[1:]), values.dtype)
     out[:n] = values
     return out

@@ -19,7 +19,8 @@ def small_chunks(monkeypatch):
     data = joint.data
     n = data.n_rows
     assert n > 3 * 4096 and n % 4096 != 0
-    return dataclasses.replace(data, **{name: _repadded(getattr(data, name), n) for name in row_chunks.ROW_FIELDS}), joint
+    fields = {name: _repadded(getattr(data, name), n) for name in row_chunks.ROW_FIELDS}
+    return dataclasses.replace(data, **fields), joint
 
 
 def _repadded(values, n):
