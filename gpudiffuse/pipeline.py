@@ -67,7 +67,9 @@ class ProcessParameters:
 
 
 class _StepClock:
-    """Wall time per step (s), logged as each step ends."""
+    """Wall time per step (s), logged as each step ends; at each step's end the C heap's free pages
+    go back to the system (:func:`.backend.release_free_memory`, outside the steps' timings), so
+    that the next step does not start from this one's high-water mark."""
 
     def __init__(self):
         self.seconds, self._name, self._start = {}, None, time.perf_counter()

@@ -77,14 +77,11 @@ def data_curvature(design, intensity, weight, group, n_groups) -> ScaleParams:
     merged = merged_intensity(intensity, weight, group, n_groups, np.ones_like(intensity), np.zeros_like(intensity))
     wi2 = weight * merged[group] ** 2
 
-    def per_node(index, interp, row_weight, n):
-        from .row_kernels import node_sums  # noqa: PLC0415
+    from .row_kernels import node_sums  # noqa: PLC0415
 
-        return node_sums(index, interp, row_weight, n, power=2)
-
-    return ScaleParams(BScale(per_node(design.ib, design.wb, wi2, design.n_b)),
-                       COffset(per_node(design.ic, design.wc, weight, design.n_c)),
-                       ASurface(per_node(design.ia, design.wa, wi2, design.n_a)),
+    return ScaleParams(BScale(node_sums(design.ib, design.wb, wi2, design.n_b, power=2)),
+                       COffset(node_sums(design.ic, design.wc, weight, design.n_c, power=2)),
+                       ASurface(node_sums(design.ia, design.wa, wi2, design.n_a, power=2)),
                        DRegions(np.bincount(design.region, weights=wi2, minlength=design.n_regions)))
 
 

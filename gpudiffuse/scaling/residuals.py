@@ -294,14 +294,25 @@ def _prediction(a, b, c, d, merged):
     return a * d * (b * merged + c)
 
 
-def _merged(data, g, h):
-    import jax  # noqa: PLC0415
+def _merge_terms(data, g, h):
+    """Each row's terms of Î's numerator and denominator: w·g·(I − h) and w·g²."""
+    w = data.sqrt_weight * data.sqrt_weight
+    return w * g * (data.intensity - h), w * g * g
+
+
+def _profiled_intensity(num, den):
+    """Î = Σ w g (I − h) / Σ w g² per voxel (0 where a voxel has no weight)."""
     import jax.numpy as jnp  # noqa: PLC0415
 
-    w = data.sqrt_weight * data.sqrt_weight
-    num = jax.ops.segment_sum(w * g * (data.intensity - h), data.group, num_segments=data.n_groups)
-    den = jax.ops.segment_sum(w * g * g, data.group, num_segments=data.n_groups)
     return num / jnp.where(den > 0, den, 1.0)
+
+
+def _merged(data, g, h):
+    import jax  # noqa: PLC0415
+
+    num, den = (jax.ops.segment_sum(terms, data.group, num_segments=data.n_groups)
+                for terms in _merge_terms(data, g, h))
+    return _profiled_intensity(num, den)
 
 
 def _profiled(theta, data: ScalingData):

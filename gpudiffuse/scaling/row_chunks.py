@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from .residuals import (_merge_terms, _per_observation, _prediction, _profiled_intensity, model_values,
+                        penalty_residuals)
+
 __all__ = ["CHUNK_ROWS", "ROW_FIELDS", "padded_length", "chunked_value_and_grad", "chunked_evaluate",
            "chunked_partials"]
 
@@ -55,24 +58,19 @@ def chunk_merged(v, data):
     import jax  # noqa: PLC0415
     import jax.numpy as jnp  # noqa: PLC0415
 
-    from .residuals import _per_observation  # noqa: PLC0415
-
     def body(sums, index):
         rows = _chunk(data, index)
         a, b, c, d = _per_observation(v, rows)
-        g, h, w = a * d * b, a * d * c, rows.sqrt_weight * rows.sqrt_weight
-        return (sums[0].at[rows.group].add(w * g * (rows.intensity - h)),
-                sums[1].at[rows.group].add(w * g * g)), None
+        terms = _merge_terms(rows, a * d * b, a * d * c)
+        return tuple(total.at[rows.group].add(t) for total, t in zip(sums, terms)), None
 
     zeros = jnp.zeros(data.n_groups, v.dtype)
     (num, den), _ = jax.lax.scan(body, (zeros, zeros), jnp.arange(_n_chunks(data)))
-    return num / jnp.where(den > 0, den, 1.0)
+    return _profiled_intensity(num, den)
 
 
 def _chunk_residual(v, rows, merged):
     """Unweighted I − a·d·(b·Î + c) of one chunk, Î given."""
-    from .residuals import _per_observation, _prediction  # noqa: PLC0415
-
     a, b, c, d = _per_observation(v, rows)
     return rows.intensity - _prediction(a, b, c, d, merged[rows.group])
 
@@ -81,8 +79,6 @@ def chunked_value_and_grad(theta, data):
     """(½‖r‖² of data and penalty residuals, its gradient over θ), chunk by chunk."""
     import jax  # noqa: PLC0415
     import jax.numpy as jnp  # noqa: PLC0415
-
-    from .residuals import model_values, penalty_residuals  # noqa: PLC0415
 
     v, to_theta = jax.vjp(lambda t: model_values(t, data), theta)
     merged = jax.lax.stop_gradient(chunk_merged(v, data))
@@ -106,8 +102,6 @@ def chunked_evaluate(theta, data):
     import jax  # noqa: PLC0415
     import jax.numpy as jnp  # noqa: PLC0415
 
-    from .residuals import model_values, penalty_residuals  # noqa: PLC0415
-
     v = model_values(theta, data)
     merged = chunk_merged(v, data)
 
@@ -122,12 +116,11 @@ def chunked_evaluate(theta, data):
 
 
 def chunked_partials(theta, data):
-    """∂r_i/∂(a_i, b_i, c_i, d_i, Î) of every (padded) row, as an (N, 5) array (see
-    :func:`.residuals.observation_partials`), chunk by chunk."""
+    """∂r_i/∂(a_i, b_i, c_i, d_i, Î) of every (padded) row, as an (N, 5) array, chunk by chunk: forward-mode
+    autodiff of the per-row prediction, Î at its profiled value. The chain rule to the control points
+    (the sparse, linear interpolation) is applied where the normal matrix is assembled."""
     import jax  # noqa: PLC0415
     import jax.numpy as jnp  # noqa: PLC0415
-
-    from .residuals import _per_observation, _prediction, model_values  # noqa: PLC0415
 
     v = model_values(theta, data)
     merged = chunk_merged(v, data)
