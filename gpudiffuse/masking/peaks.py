@@ -134,12 +134,14 @@ def fit_peak_cloud(delta: np.ndarray, sigma_cutoff: float = 3.0, iterations: int
     inliers = np.ones(len(delta), bool)
     for _ in range(iterations):
         r = delta - centre
-        d2 = np.einsum("ni,ij,nj->n", r, np.linalg.inv(cov), r)
+        d2 = ((r @ np.linalg.inv(cov)) * r).sum(axis=1)
         new = d2 < CHI2_3DOF_999
         if new.sum() < 10:
             break
-        centre = delta[new].mean(axis=0)
-        cov = np.cov(delta[new].T) + np.eye(3) * 1e-8
+        inside = delta[new]
+        centre = inside.mean(axis=0)
+        spread = inside - centre
+        cov = spread.T @ spread / (len(inside) - 1) + np.eye(3) * 1e-8
         if np.array_equal(new, inliers):
             break
         inliers = new
@@ -206,6 +208,7 @@ def find_peaks(experiment, params: PeakParameters, dmin: float | None = None, pr
 
     from ..geometry.vectors import s_vectors_from_positions  # noqa: PLC0415
     from ..io.frames import FrameSource  # noqa: PLC0415
+    from .peak_kernels import strong_pixel_flags  # noqa: PLC0415
     from .pixel import frame_valid  # noqa: PLC0415
 
     deltas, thresholds, hot_masks, per_sweep = [], [], [], []
@@ -228,12 +231,11 @@ def find_peaks(experiment, params: PeakParameters, dmin: float | None = None, pr
         strong = _StrongPixels(len(pix))
         rates = np.zeros(len(frames))
         for chunk in FrameSource(sweep, frames, chunk_size=8):
-            data = chunk.data.reshape(len(chunk.frame_indices), -1)
+            flags, valid_sums = strong_pixel_flags(chunk.data.reshape(len(chunk.frame_indices), -1), pix, threshold,
+                                                   sweep.panel.trusted_range)
+            rates[np.searchsorted(frames, chunk.frame_indices)] = valid_sums / chunk.exposure_times
             for i, z in enumerate(chunk.frame_indices):
-                counts = data[i, pix]
-                valid = frame_valid(counts, sweep.panel.trusted_range)
-                rates[np.searchsorted(frames, z)] = counts[valid].sum(dtype=np.float64) / chunk.exposure_times[i]
-                hot = np.flatnonzero(valid & (counts >= threshold))
+                hot = np.flatnonzero(flags[i])
                 hkl = s[hot] @ np.linalg.inv(sweep.setting_matrix(int(z))).T
                 strong.add(hot, hkl - np.rint(hkl))
             bar.update(len(chunk.frame_indices))
