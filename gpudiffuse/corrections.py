@@ -26,14 +26,27 @@ _DENSITY = {"Si": 2.329, "CdTe": 5.85, "GaAs": 5.3176, "Ge": 5.323, "air": 0.001
 
 def attenuation_coefficient(material: str, wavelength: float) -> float:
     """Linear attenuation coefficient μ (1/mm) of ``material`` ("Si", "CdTe", "GaAs", "air")
-    at wavelength λ (Å), from xraydb's total cross sections and standard densities."""
-    import xraydb  # noqa: PLC0415
+    at wavelength λ (Å), from xraydb's total cross sections and standard densities.
+
+    Memoised in the user's cache (:mod:`.user_cache`) under the xraydb version, material, density
+    and energy: importing xraydb (it loads scipy.interpolate and SQLAlchemy) takes about a second,
+    longer than the rest of the per-pixel corrections."""
+    from importlib.metadata import version  # noqa: PLC0415
+
+    from .user_cache import cached_value  # noqa: PLC0415
 
     name = {"silicon": "Si"}.get(material.lower(), material)
     if name not in _DENSITY:
         raise ValueError(f"no density known for sensor material {material!r}; use one of {sorted(_DENSITY)}")
     energy_ev = HC_KEV_ANGSTROM / wavelength * 1000.0
-    return float(xraydb.material_mu(name, energy_ev, density=_DENSITY[name])) / 10.0
+
+    def mu():
+        import xraydb  # noqa: PLC0415
+
+        return float(xraydb.material_mu(name, energy_ev, density=_DENSITY[name])) / 10.0
+
+    key = f"xraydb {version('xraydb')} material_mu/10 {name} {_DENSITY[name]!r} g/cm3 {energy_ev!r} eV"
+    return cached_value(key, mu)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+from ..user_cache import cache_folder
 from .gauss_newton import Solver, VoxelOrder, normal_matrix
 from .model import Design, ScaleParams, effective
 from .residuals import padded_rows, reduced_basis, scaling_data, split_values, stacked_penalty
@@ -28,8 +29,7 @@ def enable_compilation_cache(jax) -> None:
     GPUDIFFUSE_JAX_CACHE names another folder; an empty value turns the cache off."""
     folder = os.environ.get("GPUDIFFUSE_JAX_CACHE")
     if folder is None:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        folder = os.path.join(base, "gpudiffuse", "jax")
+        folder = cache_folder("jax")
     if not folder or jax.config.jax_compilation_cache_dir == folder:
         return
     try:
