@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..io.deflate import write_compressed
 from ..io.nexus import atomic_nexus, create_step_entry
 from ..merge import expand_to_grid
 from .keys import cached_step, make_key, stored_digest, step_path
@@ -43,8 +44,8 @@ def write_map(path: str, result: MergeResult, grid, key: dict, backend=None) -> 
         data.attrs["signal"] = "intensity"
         data.attrs["axes"] = ["h", "k", "l"]
         data.attrs["auxiliary_signals"] = ["intensity_half1", "intensity_half2"]
-        for name, values in zip(_DATASETS, maps):
-            data.create_dataset(name, data=values, compression="gzip", compression_opts=1, shuffle=True)
+        write_compressed(data, dict(zip(_DATASETS, maps)))
+        for name in _DATASETS:
             data[name].attrs["units"] = result.units
         data["intensity_half1"].attrs["long_name"] = "mean of random half-set 1 (the CC½ halves)"
         data["intensity_half2"].attrs["long_name"] = "mean of random half-set 2 (the CC½ halves)"
