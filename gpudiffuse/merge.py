@@ -19,8 +19,10 @@ import numpy as np
 
 from .errors import SymmetryError
 from .grid import pack_voxels
+from .merge_kernels import outlier_round, weighted_sums
 
-__all__ = ["MergeParameters", "laue_operators", "check_grid_symmetry", "map_to_asu", "merge", "shell_statistics",
+__all__ = ["MergeParameters", "VoxelGroups", "laue_operators", "check_grid_symmetry", "map_to_asu", "merge",
+           "shell_statistics",
            "expand_to_grid", "mate_agreement", "equal_volume_edges", "shell_of"]
 
 
@@ -86,17 +88,33 @@ def map_to_asu(voxels: np.ndarray, space_group, ndiv) -> tuple[np.ndarray, np.nd
     voxels = np.asarray(voxels, dtype=np.int64)
     out = np.zeros_like(voxels)
     which = np.full(len(voxels), -1, dtype=np.int64)
+    todo = np.arange(len(voxels))
+    columns = [voxels[:, j].copy() for j in range(3)]  # of the voxels still without an ASU image
     for i, op in enumerate(ops):
-        todo = np.flatnonzero(which < 0)
         if todo.size == 0:
             break
-        image = voxels[todo] @ op
-        ok = inside(image[:, 0], image[:, 1], image[:, 2])
-        out[todo[ok]] = image[ok]
-        which[todo[ok]] = i
+        # image = voxel @ op, as sums of the nonzero terms (integer matmul has no BLAS)
+        image = [_combination(columns, op[:, j]) for j in range(3)]
+        ok = inside(*image)
+        found = todo[ok]
+        out[found] = np.column_stack([c[ok] for c in image])
+        which[found] = i
+        rest = ~ok
+        todo, columns = todo[rest], [c[rest] for c in columns]
     if (which < 0).any():
         raise SymmetryError(f"{np.count_nonzero(which < 0)} voxels found no ASU image (bug)")
     return out, which
+
+
+def _combination(columns, coefficients) -> np.ndarray:
+    """Σ_j coefficients[j] · columns[j] over the nonzero integer coefficients."""
+    total = None
+    for column, c in zip(columns, coefficients):
+        if c == 0:
+            continue
+        term = column if c == 1 else -column if c == -1 else c * column
+        total = term.copy() if total is None else total + term
+    return np.zeros_like(columns[0]) if total is None else total
 
 
 def voxel_s(voxels: np.ndarray, ndiv, A_metric: np.ndarray) -> np.ndarray:
@@ -105,23 +123,46 @@ def voxel_s(voxels: np.ndarray, ndiv, A_metric: np.ndarray) -> np.ndarray:
     return np.sqrt(np.einsum("ni,ij,nj->n", frac, A_metric, frac))
 
 
-def _weighted_mean(group, n_groups, values, sigma):
-    w = 1.0 / sigma**2
-    sw = np.bincount(group, weights=w, minlength=n_groups)
-    swi = np.bincount(group, weights=w * values, minlength=n_groups)
-    n = np.bincount(group, minlength=n_groups)
+def _weighted_mean(group, n_groups, values, sigma, rows):
+    """Inverse-variance weighted mean, its σ and the count per group over the rows where ``rows``."""
+    sw, swi, n = weighted_sums(group, values, sigma, rows, n_groups)
     with np.errstate(invalid="ignore", divide="ignore"):
         return swi / sw, 1.0 / np.sqrt(sw), n
 
 
+@dataclass(frozen=True)
+class VoxelGroups:
+    """Observation rows grouped by ASU voxel: ``asu`` (N, 3) the rows' ASU images, ``group`` (N,)
+    each row's group in 0…n_groups−1 (ascending packed key), ``keys`` (n_groups,) those keys (×2 +
+    Friedel half when anomalous), ``first`` (n_groups,) the first row of each group."""
+
+    asu: np.ndarray
+    group: np.ndarray
+    keys: np.ndarray
+    first: np.ndarray
+
+    @classmethod
+    def of(cls, table: dict, space_group, ndiv, anomalous: bool = False) -> "VoxelGroups":
+        asu, which = map_to_asu(np.column_stack([table["H"], table["K"], table["L"]]), space_group, ndiv)
+        key = pack_voxels(asu)
+        if anomalous:
+            key = key * 2 + (which >= len(laue_operators(space_group)) // 2)
+        keys, group = np.unique(key, return_inverse=True)
+        first = np.zeros(len(keys), dtype=np.int64)
+        first[group[::-1]] = np.arange(len(group))[::-1]
+        return cls(asu, group, keys, first)
+
+
 def merge(table: dict, space_group, ndiv, A_metric: np.ndarray, params: MergeParameters = MergeParameters(),
-          value: str = "rate", sigma: str = "sigma"):
+          value: str = "rate", sigma: str = "sigma", groups: VoxelGroups | None = None):
     """Merge observation rows into ASU voxels.
 
     Parameters
     ----------
     table : observation columns (H, K, L, ``value``, ``sigma``, ...).
     A_metric : reciprocal metric G* = AᵀA (1/Å²) for |s| of voxel centres.
+    groups : the rows' :class:`VoxelGroups` (made from ``table`` when None; pass it to merge
+        other values of the same rows without mapping them to the ASU again).
 
     Returns
     -------
@@ -129,37 +170,24 @@ def merge(table: dict, space_group, ndiv, A_metric: np.ndarray, params: MergePar
         intensity_half1/2 (the means of the random half-sets, NaN where a half has no observation;
         and ``friedel`` when anomalous); stats : per-shell dict of arrays; rejected : count.
     """
-    voxels = np.column_stack([table["H"], table["K"], table["L"]])
-    asu, which = map_to_asu(voxels, space_group, ndiv)
+    if groups is None:
+        groups = VoxelGroups.of(table, space_group, ndiv, params.anomalous)
+    elif len(groups.group) != len(table["H"]):
+        raise ValueError(f"groups of {len(groups.group)} rows given for a table of {len(table['H'])}")
+    group, n_groups = groups.group, len(groups.keys)
     values = np.asarray(table[value], dtype=np.float64)
     sig = np.asarray(table[sigma], dtype=np.float64)
-    key = pack_voxels(asu)
-    if params.anomalous:
-        key = key * 2 + (which >= len(laue_operators(space_group)) // 2)
-    unique, group = np.unique(key, return_inverse=True)
-    n_groups = len(unique)
     keep = np.isfinite(values) & np.isfinite(sig) & (sig > 0)
     rejected = 0
     # each round rejects at most the worst observation of each voxel, so that one gross outlier
     # cannot drag its voxel's mean far enough to condemn the good observations with it
     for _ in range(8 if params.outlier_k else 0):
-        mean, _, n = _weighted_mean(group[keep], n_groups, values[keep], sig[keep])
-        resid = np.abs(values - mean[group]) / sig
-        multi = keep & (n[group] >= 2)
-        if not multi.any():
+        dropped = outlier_round(group, values, sig, keep, n_groups, params.outlier_k)
+        if dropped <= 0:
             break
-        rms = np.sqrt(np.mean(resid[multi] ** 2))
-        candidates = np.flatnonzero(multi & (resid > params.outlier_k * rms))
-        if candidates.size == 0:
-            break
-        order = candidates[np.lexsort((-resid[candidates], group[candidates]))]
-        worst = order[np.r_[True, group[order][1:] != group[order][:-1]]]
-        rejected += int(worst.size)
-        keep[worst] = False
-    mean, err, n = _weighted_mean(group[keep], n_groups, values[keep], sig[keep])
-    first = np.zeros(n_groups, dtype=np.int64)
-    first[group[::-1]] = np.arange(len(group))[::-1]
-    asu_voxels = asu[first]
+        rejected += dropped
+    mean, err, n = _weighted_mean(group, n_groups, values, sig, keep)
+    asu_voxels = groups.asu[groups.first]
     frac = asu_voxels / np.asarray(ndiv, dtype=np.float64)
     s = voxel_s(asu_voxels, ndiv, A_metric)
     present = n > 0
@@ -167,14 +195,13 @@ def merge(table: dict, space_group, ndiv, A_metric: np.ndarray, params: MergePar
               "h": frac[present, 0], "k": frac[present, 1], "l": frac[present, 2],
               "intensity": mean[present], "sigma": err[present], "n": n[present].astype(np.int64), "s": s[present]}
     if params.anomalous:
-        merged["friedel"] = (unique[present] % 2).astype(np.int8)
+        merged["friedel"] = (groups.keys[present] % 2).astype(np.int8)
     # random half-sets
     rng = np.random.default_rng(params.seed)
     half = rng.random(len(values)) < 0.5
     halves = []
     for i, h in enumerate((half, ~half)):
-        sel = keep & h
-        m, e, nn = _weighted_mean(group[sel], n_groups, values[sel], sig[sel])
+        m, e, nn = _weighted_mean(group, n_groups, values, sig, keep & h)
         halves.append((m[present], e[present], nn[present]))
         merged[f"intensity_half{i + 1}"] = np.where(nn[present] > 0, m[present], np.nan)
     stats = shell_statistics(merged, halves, params.n_shells)

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import GridError
 from ..io.nexus import atomic_nexus, create_step_entry
-from ..merge import MergeParameters, merge
+from ..merge import MergeParameters, VoxelGroups, merge
 from .absolute import ABSOLUTE_UNITS, apply_absolute, format_final_profile, read_absolute
 from .importing import load_experiment
 from .integrate import load_integration
@@ -90,12 +90,15 @@ def merge_tables(experiment, tables: dict, ndiv, params: MergeParameters, scale_
     crystal = experiment.sweeps[0].crystal
     space_group = experiment.space_group
     metric = crystal.reciprocal_metric
-    merged, stats, rejected = merge(tables["observations"], space_group, ndiv, metric, params)
+    groups = VoxelGroups.of(tables["observations"], space_group, ndiv, params.anomalous)
+    merged, stats, rejected = merge(tables["observations"], space_group, ndiv, metric, params, groups=groups)
     if not len(merged["intensity"]):
         raise GridError("no voxel was observed: check --dmin, the mask and the frame range")
     if tables["unscaled"] is not None:
-        # CC½ before scaling, same shells and half-sets (DESIGN §10: report χ² and CC½ before/after)
-        stats["cc_half_unscaled"] = merge(tables["unscaled"], space_group, ndiv, metric, params)[1]["cc_half"]
+        # CC½ before scaling, same rows, shells and half-sets (DESIGN §10: report χ² and CC½ before/after)
+        same_rows = all(np.array_equal(tables["unscaled"][c], tables["observations"][c]) for c in "HKL")
+        stats["cc_half_unscaled"] = merge(tables["unscaled"], space_group, ndiv, metric, params,
+                                          groups=groups if same_rows else None)[1]["cc_half"]
     bragg = merge(tables["excluded"], space_group, ndiv, metric, params)[0] if tables["excluded"] else None
     return MergeResult(merged, stats, rejected, bragg, scale_mode, tuple(ndiv), space_group,
                        tuple(float(x) for x in crystal.unit_cell.parameters), units)
