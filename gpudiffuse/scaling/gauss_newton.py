@@ -107,7 +107,7 @@ def normal_matrix(partials, design, voxels: VoxelOrder, penalty_gram: np.ndarray
     _mirror(matrix)
     if not sparse:  # Σ_v B_v B_vᵀ / D_v as products of dense blocks of rows (BLAS)
         n_voxels = len(voxels.starts) - 1
-        block = max(1, int(2**23 // n_values))
+        block = max(1, int(2**21 // n_values))
         for first in range(0, n_voxels, block):
             b = np.zeros((min(block, n_voxels - first), n_values))
             schur_rows(voxels.order, voxels.starts, first, *rows, b)
