@@ -85,7 +85,9 @@ class VoxelOrder:
         n_parts = int(max(1, min(8, 2**28 // max(8 * n_values * n_values, 1))))
         bounds = np.searchsorted(starts, np.linspace(0, starts[-1], n_parts + 1)).astype(np.int64)
         bounds[0], bounds[-1] = 0, n_voxels
-        return cls(order.astype(np.int64), starts, np.maximum.accumulate(bounds), fraction, method,
+        # int32 row numbers: 10⁷ rows, 40 MB less at the fit's peak (the normal matrix's assembly)
+        return cls(order.astype(np.int32 if len(group) < 2**31 else np.int64), starts,
+                   np.maximum.accumulate(bounds), fraction, method,
                    fraction * seconds[method])
 
 
@@ -98,7 +100,8 @@ def normal_matrix(partials, design, voxels: VoxelOrder, penalty_gram: np.ndarray
     offsets = np.cumsum([0, design.n_b, design.n_c, design.n_a]).astype(np.int64)
     n_values = int(offsets[-1] + design.n_regions)
     partials = np.ascontiguousarray(partials, dtype=np.float64)
-    rows = (design.ib, design.wb, design.ic, design.wc, design.ia, design.wa, design.region, partials, offsets)
+    rows = (design.b_node, design.b_offsets, design.wb, design.c_node, design.c_offsets, design.wc, design.a_node,
+            design.a_offsets, design.wa, design.region, partials, offsets)
     sparse = voxels.method == "sparse"
     parts = assemble(voxels.order, voxels.starts, voxels.bounds, *rows, n_values, sparse)
     matrix = parts[0]

@@ -15,8 +15,8 @@ import numpy as np
 from ..user_cache import cache_folder
 from .gauss_newton import Solver, VoxelOrder, normal_matrix
 from .model import Design, ScaleParams, effective
-from .residuals import padded_rows, reduced_basis, scaling_data, split_values, stacked_penalty
-from .row_chunks import chunked_evaluate, chunked_partials, chunked_value_and_grad
+from .residuals import reduced_basis, scaling_data, split_values, stacked_penalty
+from .row_chunks import chunked_evaluate, chunked_partials, chunked_value_and_grad, padded_length
 
 __all__ = ["JointProblem", "enable_compilation_cache", "jax_device"]
 
@@ -102,24 +102,31 @@ class JointProblem:
     def params_of(self, theta) -> ScaleParams:
         return split_values(self.basis.values(theta), self.design)
 
-    def _weighted(self, weight):
-        """The problem's data with the observation weights ``weight`` (1/σ², 0 for rejected rows)."""
+    def _weighted(self, weight, keep):
+        """The problem's data with the observation weights ``weight`` (1/σ²) where ``keep``, 0 elsewhere.
+        √weight is written straight into a padded buffer: no (N,) temporaries outlive the call."""
         import jax  # noqa: PLC0415
         import jax.numpy as jnp  # noqa: PLC0415
 
+        n = len(weight)
+        sqrt_weight = np.zeros(padded_length(n))
+        np.sqrt(weight, out=sqrt_weight[:n])
+        sqrt_weight[:n] *= keep
+        self.data = dataclasses.replace(self.data, sqrt_weight=None)  # the old buffer goes before the new comes
         with jax.enable_x64(True):
-            return dataclasses.replace(self.data, sqrt_weight=jnp.asarray(padded_rows(np.sqrt(weight))))
+            return dataclasses.replace(self.data, sqrt_weight=jnp.asarray(sqrt_weight))
 
-    def fit(self, theta, weight, max_iterations, report):
-        self.data = self._weighted(weight)
+    def fit(self, theta, weight, keep, max_iterations, report):
+        self.data = self._weighted(weight, keep)
         return self.solver.run(theta, max_iterations, report)
 
-    def evaluate(self, theta, weight):
-        """(data χ², penalty, unweighted residuals (N,)) at θ with Î merged under ``weight``."""
+    def evaluate(self, theta, weight, keep):
+        """(data χ², penalty, unweighted residuals (N,)) at θ with Î merged under ``weight`` where ``keep``."""
         import jax  # noqa: PLC0415
 
+        self.data = self._weighted(weight, keep)
         with jax.enable_x64(True):
-            chi2, penalty, r = _compiled()["evaluate"](np.asarray(theta, np.float64), self._weighted(weight))
+            chi2, penalty, r = _compiled()["evaluate"](np.asarray(theta, np.float64), self.data)
             return float(chi2), float(penalty), np.asarray(r)[:self.data.n_rows]
 
     def uncertainties(self, theta, variance_scale: float) -> ScaleParams:

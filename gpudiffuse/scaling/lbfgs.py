@@ -50,9 +50,8 @@ def fit_lbfgs(params, design, ops, lam, intensity, weight, group, n_groups, opti
 
     with jax.enable_x64(True):
         # per-observation arrays travel as jit arguments, not as constants captured in the trace
-        per_row = ("ib", "wb", "ic", "wc", "ia", "wa", "region")
         data = (jnp.asarray(intensity), jnp.asarray(weight), jnp.asarray(group),
-                {k: jnp.asarray(getattr(design, k)) for k in per_row})
+                {k: jnp.asarray(getattr(design, k)) for k in design.PER_ROW})
         norm = 1.0 / max(float(np.sum(weight > 0)), 1.0)  # per-observation loss keeps L-BFGS's numbers O(1)
 
         # optimise u = θ / scale: unit diagonal curvature of the per-observation loss in u

@@ -22,8 +22,9 @@ def component_values(params: ScaleParams, design: Design, xp=np):
     if xp is np:  # compiled: no (N, K) temporaries (1M rows: 125 MB for a), the same values
         from .row_kernels import interpolated  # noqa: PLC0415
 
-        return (interpolated(a, design.ia, design.wa), interpolated(b, design.ib, design.wb),
-                interpolated(c, design.ic, design.wc), d[design.region])
+        return (interpolated(a, design.a_node, design.a_offsets, design.wa),
+                interpolated(b, design.b_node, design.b_offsets, design.wb),
+                interpolated(c, design.c_node, design.c_offsets, design.wc), d[design.region])
     bi = (b[design.ib] * design.wb).sum(axis=1)
     ci = (c[design.ic] * design.wc).sum(axis=1)
     ai = (a[design.ia] * design.wa).sum(axis=1)
@@ -79,9 +80,9 @@ def data_curvature(design, intensity, weight, group, n_groups) -> ScaleParams:
 
     from .row_kernels import node_sums  # noqa: PLC0415
 
-    return ScaleParams(BScale(node_sums(design.ib, design.wb, wi2, design.n_b, power=2)),
-                       COffset(node_sums(design.ic, design.wc, weight, design.n_c, power=2)),
-                       ASurface(node_sums(design.ia, design.wa, wi2, design.n_a, power=2)),
+    return ScaleParams(BScale(node_sums(design.b_node, design.b_offsets, design.wb, wi2, design.n_b, power=2)),
+                       COffset(node_sums(design.c_node, design.c_offsets, design.wc, weight, design.n_c, power=2)),
+                       ASurface(node_sums(design.a_node, design.a_offsets, design.wa, wi2, design.n_a, power=2)),
                        DRegions(np.bincount(design.region, weights=wi2, minlength=design.n_regions)))
 
 

@@ -11,17 +11,19 @@ __all__ = ["assemble", "schur_rows", "mirror"]
 
 
 @njit(cache=True, inline="always")
-def local_row(i, ib, wb, ic, wc, ia, wa, region, partials, offsets, cols, jac):
-    """Columns and values of observation i's Jacobian row over the model values; returns ∂r_i/∂Î."""
+def local_row(i, b_node, b_off, wb, c_node, c_off, wc, a_node, a_off, wa, region, partials, offsets, cols, jac):
+    """Columns and values of observation i's Jacobian row over the model values; returns ∂r_i/∂Î.
+    Row i's nodes of b are b_node[i] + b_off (likewise c, a); ``offsets``: where b, c, a, d start
+    among the model values."""
     pa, pb, pc, pd = partials[i, 0], partials[i, 1], partials[i, 2], partials[i, 3]
     for k in range(2):
-        cols[k] = ib[i, k]
+        cols[k] = b_node[i] + b_off[k]
         jac[k] = pb * wb[i, k]
     for k in range(4):
-        cols[2 + k] = offsets[1] + ic[i, k]
+        cols[2 + k] = offsets[1] + c_node[i] + c_off[k]
         jac[2 + k] = pc * wc[i, k]
     for k in range(8):
-        cols[6 + k] = offsets[2] + ia[i, k]
+        cols[6 + k] = offsets[2] + a_node[i] + a_off[k]
         jac[6 + k] = pa * wa[i, k]
     cols[14] = offsets[3] + region[i]
     jac[14] = pd
@@ -29,7 +31,8 @@ def local_row(i, ib, wb, ic, wc, ia, wa, region, partials, offsets, cols, jac):
 
 
 @njit(parallel=True, cache=True)
-def assemble(order, starts, bounds, ib, wb, ic, wc, ia, wa, region, partials, offsets, n_values, schur):
+def assemble(order, starts, bounds, b_node, b_off, wb, c_node, c_off, wc, a_node, a_off, wa, region, partials, offsets,
+             n_values, schur):
     """Upper triangle of Σ_i J_iᵀJ_i (− Σ_v B_v B_vᵀ / D_v when ``schur``) over the voxels of
     each partition, B_v = Σ_{i∈v} u_i J_i and D_v = Σ_{i∈v} u_i² (u = ∂r/∂Î)."""
     n_parts = len(bounds) - 1
@@ -45,7 +48,8 @@ def assemble(order, starts, bounds, ib, wb, ic, wc, ia, wa, region, partials, of
             diag = 0.0
             n_touched = 0
             for p in range(starts[voxel], starts[voxel + 1]):
-                u = local_row(order[p], ib, wb, ic, wc, ia, wa, region, partials, offsets, cols, jac)
+                u = local_row(order[p], b_node, b_off, wb, c_node, c_off, wc, a_node, a_off, wa, region, partials,
+                              offsets, cols, jac)
                 diag += u * u
                 for k in range(15):
                     ck, jk = cols[k], jac[k]
@@ -74,7 +78,8 @@ def assemble(order, starts, bounds, ib, wb, ic, wc, ia, wa, region, partials, of
 
 
 @njit(parallel=True, cache=True)
-def schur_rows(order, starts, first, ib, wb, ic, wc, ia, wa, region, partials, offsets, out):
+def schur_rows(order, starts, first, b_node, b_off, wb, c_node, c_off, wc, a_node, a_off, wa, region, partials, offsets,
+               out):
     """out[v − first] = B_v / √D_v for the voxels first … first + len(out) − 1 (dense rows)."""
     for row in prange(out.shape[0]):
         voxel = first + row
@@ -82,7 +87,8 @@ def schur_rows(order, starts, first, ib, wb, ic, wc, ia, wa, region, partials, o
         jac = np.empty(15)
         diag = 0.0
         for p in range(starts[voxel], starts[voxel + 1]):
-            u = local_row(order[p], ib, wb, ic, wc, ia, wa, region, partials, offsets, cols, jac)
+            u = local_row(order[p], b_node, b_off, wb, c_node, c_off, wc, a_node, a_off, wa, region, partials, offsets,
+                          cols, jac)
             diag += u * u
             for k in range(15):
                 out[row, cols[k]] += u * jac[k]

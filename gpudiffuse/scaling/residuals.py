@@ -69,10 +69,11 @@ def split_values(v, design: Design) -> ScaleParams:
     return ScaleParams(BScale(v[sl["b"]]), COffset(v[sl["c"]]), ASurface(v[sl["a"]]), DRegions(v[sl["d"]]))
 
 
-def _touched(index, weights, n):
+def _touched(design: Design, name: str, n: int):
     from .row_kernels import touched_nodes  # noqa: PLC0415
 
-    return touched_nodes(np.asarray(index), np.asarray(weights), int(n))
+    return touched_nodes(np.asarray(getattr(design, f"{name}_node")), np.asarray(getattr(design, f"{name}_offsets")),
+                         np.asarray(getattr(design, f"w{name}")), int(n))
 
 
 def reduced_basis(design: Design, ops: dict | None = None) -> Basis:
@@ -83,8 +84,8 @@ def reduced_basis(design: Design, ops: dict | None = None) -> Basis:
     offset = np.zeros(n_values)
     for k in "bad":
         offset[sl[k]] = 1.0
-    touched = {"b": _touched(design.ib, design.wb, design.n_b), "c": _touched(design.ic, design.wc, design.n_c),
-               "a": _touched(design.ia, design.wa, design.n_a),
+    touched = {"b": _touched(design, "b", design.n_b), "c": _touched(design, "c", design.n_c),
+               "a": _touched(design, "a", design.n_a),
                "d": np.bincount(design.region, minlength=design.n_regions) > 0}
     linked = {"b": [ops["b"]], "c": [ops["c"]], "a": [ops["a"], ops["a_radial"]], "d": []}
     groups = {"b": np.zeros(design.n_b, np.int64), "a": np.asarray(design.a_group, np.int64),
@@ -198,13 +199,8 @@ class ScalingData:
 _REGISTERED = []
 
 
-def _cell_offsets(index: np.ndarray, name: str) -> tuple:
-    from .row_kernels import fixed_offsets  # noqa: PLC0415
-
-    offsets = index[0] - index[0, 0]
-    if not fixed_offsets(np.asarray(index)):
-        raise AssertionError(f"the interpolation corners of {name} are not at fixed offsets")
-    return tuple(int(x) for x in offsets)
+def _offsets(offsets) -> tuple:
+    return tuple(int(x) for x in offsets)  # static (hashable) fields of ScalingData
 
 
 def scaling_data(design: Design, basis: Basis, penalty: tuple, intensity, sqrt_weight, group, n_groups: int,
@@ -223,8 +219,8 @@ def scaling_data(design: Design, basis: Basis, penalty: tuple, intensity, sqrt_w
     t = basis.matrix.tocoo()
     q = penalty[0].tocoo()
     per_row = dict(intensity=intensity, sqrt_weight=sqrt_weight, group=np.asarray(group, np.int32),
-                   b_node=design.ib[:, 0], wb=design.wb, c_node=design.ic[:, 0], wc=design.wc,
-                   a_node=design.ia[:, 0], wa=design.wa, region=design.region)
+                   b_node=design.b_node, wb=design.wb, c_node=design.c_node, wc=design.wc,
+                   a_node=design.a_node, wa=design.wa, region=design.region)
     arrays = dict(offset=basis.offset, basis_row=t.row.astype(np.int32), basis_col=t.col.astype(np.int32),
                   basis_value=t.data, penalty_row=q.row.astype(np.int32), penalty_col=q.col.astype(np.int32),
                   penalty_value=q.data, penalty_target=penalty[1])
@@ -236,8 +232,8 @@ def scaling_data(design: Design, basis: Basis, penalty: tuple, intensity, sqrt_w
             setattr(design, name, np.asarray(arrays[name])[:n])
     return ScalingData(**arrays, n_groups=int(n_groups), n_rows=n, n_b=design.n_b, n_c=design.n_c,
                        n_a=design.n_a, n_regions=design.n_regions,
-                       b_offsets=_cell_offsets(design.ib, "b"), c_offsets=_cell_offsets(design.ic, "c"),
-                       a_offsets=_cell_offsets(design.ia, "a"))
+                       b_offsets=_offsets(design.b_offsets), c_offsets=_offsets(design.c_offsets),
+                       a_offsets=_offsets(design.a_offsets))
 
 
 def padded_rows(values) -> np.ndarray:

@@ -10,7 +10,7 @@ Module-level functions so that numba's on-disk cache finds them again in a new p
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["node_sums", "radial_sums", "touched_nodes", "fixed_offsets", "grouped_order", "interpolated"]
+__all__ = ["node_sums", "radial_sums", "touched_nodes", "grouped_order", "interpolated"]
 
 PARTS = 16
 
@@ -21,68 +21,61 @@ def _bounds(n_rows):
 
 
 @njit(parallel=True, cache=True)
-def _node_sums(index, interp, row_weight, n, power):
-    bounds = _bounds(index.shape[0])
+def _node_sums(node, offsets, interp, row_weight, n, power):
+    bounds = _bounds(node.shape[0])
     out = np.zeros((PARTS, n))
     for part in prange(PARTS):
         o = out[part]
         for i in range(bounds[part], bounds[part + 1]):
-            for k in range(index.shape[1]):
+            for k in range(offsets.shape[0]):
                 w = interp[i, k]
-                o[index[i, k]] += row_weight[i] * (w * w if power == 2 else w)
+                o[node[i] + offsets[k]] += row_weight[i] * (w * w if power == 2 else w)
     return out
 
 
-def node_sums(index, interp, row_weight, n: int, power: int = 1) -> np.ndarray:
-    """Σ_i row_weight_i · interp_ik^power at node index_ik, over all rows i and terms k: (n,)."""
-    return _node_sums(index, interp, np.ascontiguousarray(row_weight, np.float64), int(n), int(power)).sum(axis=0)
+def node_sums(node, offsets, interp, row_weight, n: int, power: int = 1) -> np.ndarray:
+    """Σ_i row_weight_i · interp_ik^power at node node_i + offsets_k, over all rows i and corners k: (n,)."""
+    return _node_sums(node, offsets, interp, np.ascontiguousarray(row_weight, np.float64), int(n),
+                      int(power)).sum(axis=0)
 
 
 @njit(parallel=True, cache=True)
-def _radial_sums(ic, wc, ia, wa, ns, nzc, n_a):
-    bounds = _bounds(ic.shape[0])
+def _radial_sums(c_node, c_offsets, wc, a_node, a_offsets, wa, ns, nzc, n_a):
+    bounds = _bounds(c_node.shape[0])
     node = np.zeros((PARTS, ns, n_a))
     bins = np.zeros((PARTS, ns))
     overall = np.zeros((PARTS, n_a))
     for part in prange(PARTS):
         for i in range(bounds[part], bounds[part + 1]):
-            for kc in range(ic.shape[1]):
-                s_node = (ic[i, kc] // nzc) % ns
+            for kc in range(c_offsets.shape[0]):
+                s_node = ((c_node[i] + c_offsets[kc]) // nzc) % ns
                 w = wc[i, kc]
                 bins[part, s_node] += w
-                for ka in range(ia.shape[1]):
-                    node[part, s_node, ia[i, ka]] += w * wa[i, ka]
-            for ka in range(ia.shape[1]):
-                overall[part, ia[i, ka]] += wa[i, ka]
+                for ka in range(a_offsets.shape[0]):
+                    node[part, s_node, a_node[i] + a_offsets[ka]] += w * wa[i, ka]
+            for ka in range(a_offsets.shape[0]):
+                overall[part, a_node[i] + a_offsets[ka]] += wa[i, ka]
     return node, bins, overall
 
 
-def radial_sums(ic, wc, ia, wa, ns: int, nzc: int, n_a: int):
+def radial_sums(c_node, c_offsets, wc, a_node, a_offsets, wa, ns: int, nzc: int, n_a: int):
     """(Σ_i hat_s[i, k]·wa[i, j] as (ns, n_a), Σ_i hat_s[i, k] as (ns,), Σ_i wa[i, j] as (n_a,)), with
-    hat_s[i, k] the weight of |s| node k in row i (c's terms at that |s| node summed over frame nodes)."""
-    node, bins, overall = _radial_sums(ic, wc, ia, wa, int(ns), int(nzc), int(n_a))
+    hat_s[i, k] the weight of |s| node k in row i (c's terms at that |s| node summed over frame nodes);
+    row i's c and a nodes are c_node_i + c_offsets and a_node_i + a_offsets."""
+    node, bins, overall = _radial_sums(c_node, c_offsets, wc, a_node, a_offsets, wa, int(ns), int(nzc), int(n_a))
     return node.sum(axis=0), bins.sum(axis=0), overall.sum(axis=0)
 
 
 @njit(cache=True)
-def touched_nodes(index, weights, n):
-    """(n,) bool: nodes that some row interpolates with a positive weight."""
+def touched_nodes(node, offsets, weights, n):
+    """(n,) bool: nodes that some row interpolates with a positive weight (row i's nodes:
+    node_i + offsets)."""
     hit = np.zeros(n, np.bool_)
-    for i in range(index.shape[0]):
-        for k in range(index.shape[1]):
+    for i in range(node.shape[0]):
+        for k in range(offsets.shape[0]):
             if weights[i, k] > 0:
-                hit[index[i, k]] = True
+                hit[node[i] + offsets[k]] = True
     return hit
-
-
-@njit(cache=True)
-def fixed_offsets(index):
-    """True when every row's nodes are its first node plus the first row's offsets."""
-    for i in range(index.shape[0]):
-        for k in range(1, index.shape[1]):
-            if index[i, k] - index[i, 0] != index[0, k] - index[0, 0]:
-                return False
-    return True
 
 
 @njit(cache=True)
@@ -101,21 +94,21 @@ def grouped_order(group, n_groups):
 
 
 @njit(parallel=True, cache=True)
-def interpolated(values, index, weights):
-    """Σ_k values[index_ik] · weights_ik per row, (N,), without the (N, K) temporaries. The terms are
-    added in NumPy's order for ``(values[index] * weights).sum(axis=1)`` (pairwise for K = 8,
-    left to right below 8), so the two agree to the last bit."""
-    n, width = index.shape
+def interpolated(values, node, offsets, weights):
+    """Σ_k values[node_i + offsets_k] · weights_ik per row, (N,), without the (N, K) temporaries. The
+    terms are added in NumPy's order for ``(values[index] * weights).sum(axis=1)`` (pairwise for
+    K = 8, left to right below 8), so the two agree to the last bit."""
+    n, width = weights.shape
     out = np.empty(n)
     for i in prange(n):
         if width == 8:
             t = np.empty(8)
             for k in range(8):
-                t[k] = values[index[i, k]] * weights[i, k]
+                t[k] = values[node[i] + offsets[k]] * weights[i, k]
             out[i] = ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]))
         else:
             total = 0.0
             for k in range(width):
-                total += values[index[i, k]] * weights[i, k]
+                total += values[node[i] + offsets[k]] * weights[i, k]
             out[i] = total
     return out

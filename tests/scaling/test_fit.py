@@ -134,8 +134,7 @@ def test_curvature_diagonal_matches_autodiff_jacobian():
     table, truth, design = problem("two_batches")
     rows = np.arange(0, len(table["rate"]), 40)  # a subset keeps the dense Jacobian small
     sub = {k: v[rows] for k, v in table.items()}
-    sub_design = dataclasses.replace(design, **{k: getattr(design, k)[rows] for k in
-                                                ("ib", "wb", "ic", "wc", "ia", "wa", "region")})
+    sub_design = dataclasses.replace(design, **{k: getattr(design, k)[rows] for k in design.PER_ROW})
     _, group = np.unique(sub["H"], return_inverse=True)
     weight = 1.0 / sub["sigma"] ** 2
     n_groups = group.max() + 1

@@ -94,3 +94,34 @@ def test_low_rank_penalty_solve_equals_the_dense_solution():
     want = np.zeros(30)
     want[cols] = np.linalg.solve(lhs[np.ix_(cols, cols)], rhs[cols])
     np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("a_nodes", [(5, 5, None), (1, 4, 2)])
+def test_cell_corners_interpolate_hat_functions(a_nodes):
+    """Each row's a nodes (first corner + fixed offsets) and weights reproduce the trilinear hat
+    interpolation of a(x, y, z) written out directly, also on an axis of a single node."""
+    table, _, design = _design(40, ScaleOptions(a_nodes=a_nodes), n_obs=2000)
+    nb, nx, ny, nz = design.shape_a
+    assert design.ia.shape == (2000, 8) and design.ia.min() >= 0 and design.ia.max() < design.n_a
+    rng = np.random.default_rng(5)
+    values = rng.normal(size=design.n_a)
+    grid = values.reshape(nb, nx, ny, nz)
+    got = (values[design.ia] * design.wa).sum(axis=1)
+
+    def hat(u, n):  # fractional node position on [0, 1] → (lower node, weight of the upper)
+        p = np.clip(u, 0, 1) * (n - 1)
+        i0 = np.minimum(np.floor(p).astype(int), max(n - 2, 0))
+        return i0, p - i0
+
+    batch = table["batch"].astype(int)
+    last = np.where(batch == 0, 39, 19)
+    x0, tx = hat(table["ix"] / 486, nx)
+    y0, ty = hat(table["iy"] / 618, ny)
+    z0, tz = hat(table["frame"] / last, nz)
+    want = np.zeros(len(batch))
+    for dx, wx in ((0, 1 - tx), (1, tx)):
+        for dy, wy in ((0, 1 - ty), (1, ty)):
+            for dz, wz in ((0, 1 - tz), (1, tz)):
+                node = grid[batch, np.minimum(x0 + dx, nx - 1), np.minimum(y0 + dy, ny - 1), np.minimum(z0 + dz, nz - 1)]
+                want += node * wx * wy * wz
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
