@@ -222,10 +222,12 @@ def build_design(table: dict, batches, n_frames: dict, options: ScaleOptions, im
     a_node, wa = np.empty(n, np.int32), _chunked_rows(n, 8)
     # corner k of a cell is its first node plus a fixed offset: each _hat pair is (i0, i0 + 1), or
     # (0, 0) on an axis of one node
-    step = {m: int(m > 1) for m in (n_bz, ns, nzc, nx, ny, nza)}
-    b_offsets = np.array([0, step[n_bz]], np.int32)
-    c_offsets = np.array([ds * step[ns] * nzc + dz * step[nzc] for ds in (0, 1) for dz in (0, 1)], np.int32)
-    a_offsets = np.array([(dx * step[nx] * ny + dy * step[ny]) * nza + dz * step[nza]
+    def up(n_nodes):  # the second corner's step along an axis
+        return int(n_nodes > 1)
+
+    b_offsets = np.array([0, up(n_bz)], np.int32)
+    c_offsets = np.array([ds * up(ns) * nzc + dz * up(nzc) for ds in (0, 1) for dz in (0, 1)], np.int32)
+    a_offsets = np.array([(dx * up(nx) * ny + dy * up(ny)) * nza + dz * up(nza)
                           for dx in (0, 1) for dy in (0, 1) for dz in (0, 1)], np.int32)
     # filled in blocks of rows: 10⁷ observations would otherwise hold dozens of (N,) temporaries
     for rows in row_blocks(n):
