@@ -33,7 +33,7 @@ def chunk_shape(shape, itemsize: int, target: int = CHUNK_BYTES) -> tuple:
 def write_compressed(group, datasets: dict, level: int = 1, workers: int | None = None) -> None:
     """Create ``group[name] = array`` for each item of ``datasets`` (arrays of any shape, numeric
     dtypes), gzip level ``level`` with byte shuffling; chunks of all the arrays are compressed in
-    parallel on ``workers`` threads (default: the CPUs this process may use)."""
+    parallel on ``workers`` threads (default: the CPUs this process may use, at most 16)."""
     jobs = []
     for name, array in datasets.items():
         array = np.ascontiguousarray(array)
@@ -47,8 +47,8 @@ def write_compressed(group, datasets: dict, level: int = 1, workers: int | None 
             jobs.append((dataset, array, corner, chunks))
     if not jobs:
         return
-    if workers is None:
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if workers is None:  # the CPUs this process may use, at most 16 (writing the chunks is serial)
+        workers = min(16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
     def compress(job):
         _, array, corner, chunks = job
