@@ -13,7 +13,7 @@ Module-level functions so that numba's on-disk cache finds them again in a new p
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["strong_pixel_flags", "strong_pixel_flags_numpy"]
+__all__ = ["strong_pixel_flags", "strong_pixel_flags_numpy", "binned_medians", "binned_medians_numpy"]
 
 PIXELS_PER_TASK = 65536
 
@@ -63,3 +63,46 @@ def strong_pixel_flags_numpy(frames, pixel_index, threshold, trusted_range):
     valid = (counts >= trusted_range[0]) & (counts < trusted_range[1])
     flags = valid & (counts >= threshold)
     return flags, np.where(valid, counts, 0.0).sum(axis=1)
+
+
+@njit(parallel=True, cache=True)
+def _binned_medians(frames, valid, bin_index, n_bins):
+    n_frames, n_pix = frames.shape
+    starts = np.zeros(n_bins + 1, np.int64)
+    for f in range(n_frames):
+        for j in range(n_pix):
+            if valid[f, j]:
+                starts[bin_index[j] + 1] += 1
+    for b in range(n_bins):
+        starts[b + 1] += starts[b]
+    grouped = np.empty(starts[n_bins], frames.dtype)
+    slot = starts[:n_bins].copy()
+    for f in range(n_frames):
+        for j in range(n_pix):
+            if valid[f, j]:
+                b = bin_index[j]
+                grouped[slot[b]] = frames[f, j]
+                slot[b] += 1
+    medians = np.full(n_bins, np.nan)
+    for b in prange(n_bins):
+        if starts[b + 1] > starts[b]:
+            medians[b] = np.median(grouped[starts[b]:starts[b + 1]])
+    return medians
+
+
+def binned_medians(frames, valid, bin_index, n_bins: int) -> np.ndarray:
+    """Median of the valid values of ``frames`` (F, N) over all frames, per pixel bin: pixel j is in
+    bin ``bin_index[j]`` (0 … n_bins − 1). (n_bins,) float64, NaN for a bin without valid values.
+    One counting pass groups the values by bin (no per-bin boolean selection over the frames)."""
+    return _binned_medians(np.ascontiguousarray(frames), np.ascontiguousarray(valid, dtype=np.bool_),
+                           np.ascontiguousarray(bin_index, dtype=np.int64), int(n_bins))
+
+
+def binned_medians_numpy(frames, valid, bin_index, n_bins: int) -> np.ndarray:
+    """The same in NumPy (the reference for :func:`binned_medians`)."""
+    medians = np.full(n_bins, np.nan)
+    for b in range(n_bins):
+        values = np.asarray(frames)[:, bin_index == b][np.asarray(valid)[:, bin_index == b]]
+        if values.size:
+            medians[b] = np.median(values)
+    return medians

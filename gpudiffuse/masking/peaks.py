@@ -74,14 +74,14 @@ def automatic_threshold(frames: np.ndarray, valid: np.ndarray, s_norm: np.ndarra
     edges = np.linspace(0.0, float(s_norm.max()) * (1 + 1e-9), n_bins + 1)
     if params.threshold is not None:
         return ThresholdProfile(edges, np.full(n_bins, float(params.threshold)))
+    from .peak_kernels import binned_medians  # noqa: PLC0415
+
     index = np.clip(np.searchsorted(edges, s_norm) - 1, 0, n_bins - 1)
     values = np.full(n_bins, np.inf)
-    counts = np.where(valid, frames, -1)
-    for b in range(n_bins):
-        in_bin = counts[:, index == b]
-        in_bin = in_bin[in_bin >= 0]
-        if in_bin.size:
-            m = float(np.median(in_bin))
+    # negative counts (gaps, bad pixels) never enter a median
+    medians = binned_medians(frames, np.asarray(valid) & (np.asarray(frames) >= 0), index, n_bins)
+    for b, m in enumerate(medians):
+        if np.isfinite(m):
             values[b] = max(m + params.threshold_sigma * np.sqrt(m + 1) + 2, params.threshold_ratio * m)
     finite = np.isfinite(values)
     if not finite.any():

@@ -32,3 +32,27 @@ def test_compiled_equals_numpy_across_task_boundaries(dtype):
     np.testing.assert_array_equal(flags, ref_flags)
     np.testing.assert_array_equal(sums, ref_sums)  # integer counts: exact in float64
     assert 0 < flags.sum() < flags.size
+
+
+def test_binned_medians_hand_worked():
+    from gpudiffuse.masking.peak_kernels import binned_medians, binned_medians_numpy
+
+    frames = np.array([[1, 5, 100, 7], [3, 9, 2, 7]], dtype=np.int32)
+    valid = np.array([[True, True, False, True], [True, True, True, True]])
+    bins = np.array([0, 0, 1, 0])
+    # bin 0: 1, 5, 7, 3, 9, 7 → sorted 1 3 5 7 7 9 → (5 + 7) / 2; bin 1: 2 (100 invalid); bin 2 empty
+    for engine in (binned_medians, binned_medians_numpy):
+        np.testing.assert_array_equal(engine(frames, valid, bins, 3), [6.0, 2.0, np.nan])
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.uint16, np.float32])
+def test_binned_medians_equal_numpy(dtype):
+    from gpudiffuse.masking.peak_kernels import binned_medians, binned_medians_numpy
+
+    rng = np.random.default_rng(9)
+    frames = rng.poisson(40, (5, 30_001)).astype(dtype)
+    valid = rng.random(frames.shape) > 0.05
+    bins = rng.integers(0, 47, frames.shape[1])  # bin 47 of 48 stays empty
+    got = binned_medians(frames, valid, bins, 48)
+    np.testing.assert_array_equal(got, binned_medians_numpy(frames, valid, bins, 48))
+    assert np.isnan(got[47]) and np.isfinite(got[:47]).all()
