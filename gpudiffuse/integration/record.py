@@ -110,15 +110,9 @@ class AccumulatorRecord:
 
 def _sorted_unique(columns: dict) -> dict:
     """Sort rows by KEY and add the fields of rows with equal keys (integer sums exact)."""
-    keys = np.column_stack([np.asarray(columns[k], dtype=np.int64) for k in KEY])
-    order = _key_order(keys)
-    keys = keys[order]
-    if len(keys):
-        first = np.ones(len(keys), bool)
-        first[1:] = np.any(keys[1:] != keys[:-1], axis=1)
-        starts = np.flatnonzero(first)
-    else:
-        starts = np.zeros(0, np.int64)
+    n = len(columns[KEY[0]])
+    order, first = _key_order([np.asarray(columns[k]) for k in KEY])
+    starts = np.flatnonzero(first) if n else np.zeros(0, np.int64)
     out = {}
     for k in KEY:
         out[k] = np.asarray(columns[k])[order][starts].astype(np.int32)
@@ -133,18 +127,32 @@ def _sorted_unique(columns: dict) -> dict:
     return out
 
 
-def _key_order(keys: np.ndarray) -> np.ndarray:
-    """Lexicographic order of the key rows: one int64 sort of a mixed-radix code when it fits."""
-    if not len(keys):
-        return np.zeros(0, np.int64)
-    low, high = keys.min(axis=0), keys.max(axis=0)
-    spans = (high - low + 1).astype(object)
-    if np.prod(spans) < 2**62:
-        code = np.zeros(len(keys), np.int64)
-        for j in range(keys.shape[1]):
-            code = code * int(spans[j]) + (keys[:, j] - low[j])
-        return np.argsort(code, kind="stable")
-    return np.lexsort(keys.T[::-1])
+def _key_order(keys: list) -> tuple[np.ndarray, np.ndarray]:
+    """Lexicographic order of the rows by the key columns ``keys``, and for the sorted rows a flag
+    that is True where a key starts (differs from the row before). One int64 sort of a mixed-radix
+    code when it fits (no (N, 5) key matrix), else a lexsort."""
+    n = len(keys[0])
+    if not n:
+        return np.zeros(0, np.int64), np.zeros(0, bool)
+    low = [int(k.min()) for k in keys]
+    spans = [int(k.max()) - lo + 1 for k, lo in zip(keys, low)]
+    if np.prod(np.array(spans, dtype=object)) < 2**62:
+        code = np.zeros(n, np.int64)
+        for column, lo, span in zip(keys, low, spans):
+            code *= span
+            code += column
+            code -= lo
+        order = np.argsort(code, kind="stable")
+        code = code[order]
+        first = np.ones(n, bool)
+        np.not_equal(code[1:], code[:-1], out=first[1:])
+        return order, first
+    stacked = np.column_stack([np.asarray(k, dtype=np.int64) for k in keys])
+    order = np.lexsort(stacked.T[::-1])
+    stacked = stacked[order]
+    first = np.ones(n, bool)
+    first[1:] = np.any(stacked[1:] != stacked[:-1], axis=1)
+    return order, first
 
 
 @dataclass

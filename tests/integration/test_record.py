@@ -3,6 +3,7 @@
 import re
 
 import numpy as np
+import pytest
 
 from gpudiffuse.backend import kernel_dir
 from gpudiffuse.integration.record import FIELDS, KEY, AccumulatorRecord, float_fields, int_fields
@@ -24,18 +25,20 @@ def test_cuda_field_positions_follow_the_schema():
     assert re.search(r"#define GD_PROFILE_BINS (\d+)", header).group(1) == str(PROFILE_BINS)
 
 
-def _random_rows(rng, n, n_keys):
+def _random_rows(rng, n, n_keys, stretch=1):
     keys = rng.integers(0, n_keys, size=n)
-    return {"batch": (keys % 2).astype(np.int32), "wedge": (keys // 2 % 3).astype(np.int32),
-            "H": (keys // 6 % 5 - 2).astype(np.int32), "K": (keys // 30 % 4).astype(np.int32),
-            "L": (keys // 120 - 1).astype(np.int32),
+    return {"batch": (keys % 2).astype(np.int32), "wedge": (keys // 2 % 3 * stretch).astype(np.int32),
+            "H": (keys // 6 % 5 - 2).astype(np.int32) * stretch, "K": (keys // 30 % 4 * stretch).astype(np.int32),
+            "L": (keys // 120 - 1).astype(np.int32) * stretch,
             "counts": rng.integers(0, 2**40, size=n), "pixels": rng.integers(1, 9, size=n),
             "kt_sum": rng.random(n), "count_histogram": rng.integers(0, 5, size=(n, 4))}
 
 
-def test_sum_is_exact_and_independent_of_order():
+@pytest.mark.parametrize("stretch", [1, 10**8], ids=["radix-code", "lexsort"])
+def test_sum_is_exact_and_independent_of_order(stretch):
+    """Keys spread over 10⁸ per column overflow the one-integer sort code: the lexsort path."""
     rng = np.random.default_rng(3)
-    rows = _random_rows(rng, 5000, 600)
+    rows = _random_rows(rng, 5000, 600, stretch)
     whole = AccumulatorRecord.from_columns(rows)
     # independent expectation: a dictionary keyed by the voxel key
     expected = {}
