@@ -102,9 +102,10 @@ class JointProblem:
     def params_of(self, theta) -> ScaleParams:
         return split_values(self.basis.values(theta), self.design)
 
-    def _weighted(self, weight, keep):
-        """The problem's data with the observation weights ``weight`` (1/σ²) where ``keep``, 0 elsewhere.
-        √weight is written straight into a padded buffer: no (N,) temporaries outlive the call."""
+    def _set_weights(self, weight, keep):
+        """The problem's observation weights become ``weight`` (1/σ²) where ``keep``, 0 elsewhere.
+        √weight is written straight into one padded buffer, and the old device buffer is released
+        before the new one is made: no (N,) temporaries outlive the call."""
         import jax  # noqa: PLC0415
         import jax.numpy as jnp  # noqa: PLC0415
 
@@ -112,19 +113,19 @@ class JointProblem:
         sqrt_weight = np.zeros(padded_length(n))
         np.sqrt(weight, out=sqrt_weight[:n])
         sqrt_weight[:n] *= keep
-        self.data = dataclasses.replace(self.data, sqrt_weight=None)  # the old buffer goes before the new comes
+        self.data = dataclasses.replace(self.data, sqrt_weight=None)
         with jax.enable_x64(True):
-            return dataclasses.replace(self.data, sqrt_weight=jnp.asarray(sqrt_weight))
+            self.data = dataclasses.replace(self.data, sqrt_weight=jnp.asarray(sqrt_weight))
 
     def fit(self, theta, weight, keep, max_iterations, report):
-        self.data = self._weighted(weight, keep)
+        self._set_weights(weight, keep)
         return self.solver.run(theta, max_iterations, report)
 
     def evaluate(self, theta, weight, keep):
         """(data χ², penalty, unweighted residuals (N,)) at θ with Î merged under ``weight`` where ``keep``."""
         import jax  # noqa: PLC0415
 
-        self.data = self._weighted(weight, keep)
+        self._set_weights(weight, keep)
         with jax.enable_x64(True):
             chi2, penalty, r = _compiled()["evaluate"](np.asarray(theta, np.float64), self.data)
             return float(chi2), float(penalty), np.asarray(r)[:self.data.n_rows]
