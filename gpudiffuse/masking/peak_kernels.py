@@ -65,8 +65,10 @@ def strong_pixel_flags_numpy(frames, pixel_index, threshold, trusted_range):
     return flags, np.where(valid, counts, 0.0).sum(axis=1)
 
 
-@njit(parallel=True, cache=True)
-def _binned_medians(frames, valid, bin_index, n_bins):
+@njit(cache=True, nogil=True)
+def _group_by_bin(frames, valid, bin_index, n_bins):
+    """The valid values of ``frames`` grouped by their pixel's bin (a counting sort): the values of
+    bin b are grouped[starts[b]:starts[b + 1]]."""
     n_frames, n_pix = frames.shape
     starts = np.zeros(n_bins + 1, np.int64)
     for f in range(n_frames):
@@ -83,19 +85,18 @@ def _binned_medians(frames, valid, bin_index, n_bins):
                 b = bin_index[j]
                 grouped[slot[b]] = frames[f, j]
                 slot[b] += 1
-    medians = np.full(n_bins, np.nan)
-    for b in prange(n_bins):
-        if starts[b + 1] > starts[b]:
-            medians[b] = np.median(grouped[starts[b]:starts[b + 1]])
-    return medians
+    return grouped, starts
 
 
 def binned_medians(frames, valid, bin_index, n_bins: int) -> np.ndarray:
     """Median of the valid values of ``frames`` (F, N) over all frames, per pixel bin: pixel j is in
     bin ``bin_index[j]`` (0 … n_bins − 1). (n_bins,) float64, NaN for a bin without valid values.
-    One counting pass groups the values by bin (no per-bin boolean selection over the frames)."""
-    return _binned_medians(np.ascontiguousarray(frames), np.ascontiguousarray(valid, dtype=np.bool_),
-                           np.ascontiguousarray(bin_index, dtype=np.int64), int(n_bins))
+    One compiled counting pass groups the values by bin (no per-bin boolean selection over the
+    frames); the medians are NumPy's, of each bin's contiguous slice."""
+    grouped, starts = _group_by_bin(np.ascontiguousarray(frames), np.ascontiguousarray(valid, dtype=np.bool_),
+                                    np.ascontiguousarray(bin_index, dtype=np.int64), int(n_bins))
+    return np.array([np.median(grouped[lo:hi]) if hi > lo else np.nan for lo, hi in zip(starts[:-1], starts[1:])],
+                    dtype=np.float64)
 
 
 def binned_medians_numpy(frames, valid, bin_index, n_bins: int) -> np.ndarray:
