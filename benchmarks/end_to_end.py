@@ -25,6 +25,7 @@ from _results import provenance, write_result
 CHILD = """
 import json, logging, resource, sys, time
 logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # as the CLI: no "Unable to initialize backend 'tpu'"
 from gpudiffuse.cli import build_parser
 from gpudiffuse.cli_options import process_parameters
 from gpudiffuse.pipeline import process
