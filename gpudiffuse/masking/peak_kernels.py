@@ -59,8 +59,10 @@ def strong_pixel_flags(frames, pixel_index, threshold, trusted_range):
 
 def strong_pixel_flags_numpy(frames, pixel_index, threshold, trusted_range):
     """The same in NumPy (the reference for :func:`strong_pixel_flags`)."""
+    from .pixel import frame_valid  # noqa: PLC0415
+
     counts = np.asarray(frames)[:, pixel_index].astype(np.float64)
-    valid = (counts >= trusted_range[0]) & (counts < trusted_range[1])
+    valid = frame_valid(counts, trusted_range)
     flags = valid & (counts >= threshold)
     return flags, np.where(valid, counts, 0.0).sum(axis=1)
 

@@ -69,11 +69,10 @@ def split_values(v, design: Design) -> ScaleParams:
     return ScaleParams(BScale(v[sl["b"]]), COffset(v[sl["c"]]), ASurface(v[sl["a"]]), DRegions(v[sl["d"]]))
 
 
-def _touched(design: Design, name: str, n: int):
+def _touched(node, offsets, weights, n):
     from .row_kernels import touched_nodes  # noqa: PLC0415
 
-    return touched_nodes(np.asarray(getattr(design, f"{name}_node")), np.asarray(getattr(design, f"{name}_offsets")),
-                         np.asarray(getattr(design, f"w{name}")), int(n))
+    return touched_nodes(np.asarray(node), np.asarray(offsets), np.asarray(weights), int(n))
 
 
 def reduced_basis(design: Design, ops: dict | None = None) -> Basis:
@@ -84,8 +83,9 @@ def reduced_basis(design: Design, ops: dict | None = None) -> Basis:
     offset = np.zeros(n_values)
     for k in "bad":
         offset[sl[k]] = 1.0
-    touched = {"b": _touched(design, "b", design.n_b), "c": _touched(design, "c", design.n_c),
-               "a": _touched(design, "a", design.n_a),
+    touched = {"b": _touched(design.b_node, design.b_offsets, design.wb, design.n_b),
+               "c": _touched(design.c_node, design.c_offsets, design.wc, design.n_c),
+               "a": _touched(design.a_node, design.a_offsets, design.wa, design.n_a),
                "d": np.bincount(design.region, minlength=design.n_regions) > 0}
     linked = {"b": [ops["b"]], "c": [ops["c"]], "a": [ops["a"], ops["a_radial"]], "d": []}
     groups = {"b": np.zeros(design.n_b, np.int64), "a": np.asarray(design.a_group, np.int64),
