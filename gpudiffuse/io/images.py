@@ -97,10 +97,40 @@ def read_image(path: str, index: int | None = None) -> np.ndarray:
     return data
 
 
+_CBF_BINARY_MARK = b"\x0c\x1a\x04\xd5"
+
+
 def read_header(path: str) -> dict:
-    """The image header as a dict of strings (CBF: includes ``_array_data.header_contents``)."""
-    image, _ = _fabio_open(str(path))
-    return dict(image.header)
+    """The image header as a dict of strings (CBF: includes ``_array_data.header_contents``).
+
+    Only the header is decoded (a 1M-pixel CBF: ~0.2 ms instead of ~7 ms), and a CBF file shorter
+    than the binary section its header announces is refused as truncated. The pixels' checksum is
+    verified when they are read (:func:`read_image`)."""
+    import fabio  # noqa: PLC0415
+
+    path = str(path)
+    if not os.path.exists(path):
+        raise ImageError(f"image file not found: {path}")
+    try:
+        header = dict(fabio.openheader(path).header)
+    except Exception as exc:  # fabio raises assorted types for corrupt files
+        raise ImageError(f"cannot read image {path}: corrupt, truncated or unsupported ({exc.__class__.__name__}: {exc})") from exc
+    if path.lower().endswith(".cbf"):
+        _check_cbf_length(path, header)
+    return header
+
+
+def _check_cbf_length(path: str, header: dict) -> None:
+    size = header.get("X-Binary-Size")
+    with open(path, "rb") as stream:
+        head = stream.read(1 << 16)
+    mark = head.find(_CBF_BINARY_MARK)
+    if size is None or mark < 0:
+        raise ImageError(f"cannot read image {path}: corrupt, truncated or unsupported (no binary section)")
+    needed = mark + len(_CBF_BINARY_MARK) + int(size)
+    if os.path.getsize(path) < needed:
+        raise ImageError(f"truncated image {path}: {os.path.getsize(path)} bytes, the header's binary section "
+                         f"needs {needed}")
 
 
 _TEMPLATE_MARK = re.compile(r"(\?+|#+)")

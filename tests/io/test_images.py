@@ -7,7 +7,7 @@ from gpudiffuse.errors import ImageError
 from gpudiffuse.geometry.cbf_header import read_pilatus_header
 from gpudiffuse.geometry.xds import load_xds
 from gpudiffuse.io.frames import FrameSource
-from gpudiffuse.io.images import expand_template, hdf5_frame_count, read_image
+from gpudiffuse.io.images import expand_template, hdf5_frame_count, read_header, read_image
 
 
 def test_pilatus_mini_header(tiny_dataset):
@@ -30,6 +30,9 @@ def test_truncated_and_corrupt_cbf(tiny_copy):
     path.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(ImageError, match="frame_00002.cbf"):
         read_image(str(path))
+    # the header alone still parses; its reader checks the file holds the announced binary section
+    with pytest.raises(ImageError, match=f"truncated image {path}: {len(raw) // 2} bytes"):
+        read_header(str(path))
     path.write_bytes(b"not an image" * 50)
     with pytest.raises(ImageError, match="corrupt, truncated or unsupported"):
         read_image(str(path))
