@@ -32,7 +32,7 @@ __all__ = ["GaussNewtonResult", "Solver", "normal_matrix"]
 def _kernels():
     from . import normal_kernels  # noqa: PLC0415  (numba is imported only when a matrix is assembled)
 
-    return normal_kernels.assemble, normal_kernels.schur_rows, normal_kernels.mirror
+    return normal_kernels.assemble, normal_kernels.schur_rows, normal_kernels.mirror, normal_kernels.touched_columns
 
 
 @dataclass(frozen=True)
@@ -41,14 +41,16 @@ class VoxelOrder:
     partitions of them (balanced by rows; fixed by the problem, not by the thread count) and the
     way the Schur complement is summed.
 
-    ``method`` is ``sparse`` (per voxel over the columns it touches: Σ_v (15 m_v)² operations for
-    a voxel seen m_v times) or ``dense`` (blocks of dense rows B_v/√D_v multiplied by BLAS:
-    n_voxels · n_values² operations, faster per operation), whichever is estimated cheaper.
-    When even that would take more than ``budget_s`` seconds, a fixed pseudo-random subset of
-    ``fraction`` of the voxels is summed and scaled by 1/fraction: an unbiased estimate of the
-    matrix (every voxel's term is positive semi-definite, so the estimate is too) whose relative
-    error falls as 1/√(rows per parameter); the solver then takes quasi-Newton (chord) steps on
-    the exact gradient."""
+    ``method`` is ``sparse`` (per voxel over the t_v model values its observations touch: Σ_v t_v²
+    updates) or ``dense`` (blocks of dense rows B_v/√D_v multiplied by BLAS: n_voxels · n_values²
+    operations, faster per operation), whichever is estimated cheaper once t_v is counted.
+
+    When the sum is planned to take more than ``budget_s`` seconds (planned from the bounds
+    t_v ≤ 15 m_v for a voxel seen m_v times, and the BLAS product, before t_v is counted), a
+    fixed pseudo-random subset of ``fraction`` of the voxels is summed and scaled by 1/fraction:
+    an unbiased estimate of the matrix (every voxel's term is positive semi-definite, so the
+    estimate is too) whose relative error falls as 1/√(rows per parameter); the solver then takes
+    quasi-Newton (chord) steps on the exact gradient."""
 
     order: np.ndarray
     starts: np.ndarray
@@ -57,11 +59,16 @@ class VoxelOrder:
     method: str
     seconds: float = 0.0  # estimated time of the Schur sum
     # measured on the 2-core CI machine: scattered updates vs BLAS products
-    SPARSE_RATE = 3e8
-    DENSE_RATE = 8e10
+    SPARSE_RATE = 3e8          # planning: operations per second of the sparse sum, bound 15 m_v
+    DENSE_RATE = 8e10          # planning: of the BLAS product
+    SPARSE_UPDATE_RATE = 1.3e9  # measured (1M preset, 10⁶ and 10⁷ catalogue rows, 2 cores): t_v² updates/s
+    DENSE_UPDATE_RATE = 2.5e10  # measured likewise: n_voxels · n_values² per second, rows built and multiplied
 
     @classmethod
-    def of(cls, group: np.ndarray, n_groups: int, n_values: int, budget_s: float = 1.5) -> "VoxelOrder":
+    def of(cls, group: np.ndarray, n_groups: int, n_values: int, budget_s: float = 1.5,
+           design=None) -> "VoxelOrder":
+        """``design`` (:class:`.model.Design`): count each voxel's model values to choose the
+        method; without it the planning bounds choose."""
         from .row_kernels import grouped_order  # noqa: PLC0415
 
         rows = np.bincount(group, minlength=n_groups)
@@ -86,9 +93,24 @@ class VoxelOrder:
         bounds = np.searchsorted(starts, np.linspace(0, starts[-1], n_parts + 1)).astype(np.int64)
         bounds[0], bounds[-1] = 0, n_voxels
         # int32 row numbers: 10⁷ rows, 40 MB less at the fit's peak (the normal matrix's assembly)
-        return cls(order.astype(np.int32 if len(group) < 2**31 else np.int64), starts,
-                   np.maximum.accumulate(bounds), fraction, method,
-                   fraction * seconds[method])
+        order = order.astype(np.int32 if len(group) < 2**31 else np.int64)
+        seconds = fraction * seconds[method]
+        if design is not None:
+            touched = _kernels()[3](order, starts, *_column_args(design), n_values).astype(np.float64)
+            estimates = {"sparse": float(np.sum(touched**2)) / cls.SPARSE_UPDATE_RATE,
+                         "dense": n_voxels * float(n_values) ** 2 / cls.DENSE_UPDATE_RATE}
+            method = min(estimates, key=estimates.get)
+            seconds = estimates[method]
+            logger.debug("Schur sum over %d voxels (fraction %.3g): %s, estimated %s", n_voxels, fraction, method,
+                         {k: round(v, 3) for k, v in estimates.items()})
+        return cls(order, starts, np.maximum.accumulate(bounds), fraction, method, seconds)
+
+
+def _column_args(design):
+    """The design's arrays that give each observation's model values (:func:`.normal_kernels.row_columns`)."""
+    offsets = np.cumsum([0, design.n_b, design.n_c, design.n_a]).astype(np.int64)
+    return (design.b_node, design.b_offsets, design.c_node, design.c_offsets, design.a_node, design.a_offsets,
+            design.region, offsets)
 
 
 def normal_matrix(partials, design, voxels: VoxelOrder, penalty_gram: np.ndarray) -> np.ndarray:
@@ -96,14 +118,15 @@ def normal_matrix(partials, design, voxels: VoxelOrder, penalty_gram: np.ndarray
 
     partials : (≥ N, 5) ∂r_i/∂(a_i, b_i, c_i, d_i, Î) per observation row
     (:func:`.row_chunks.chunked_partials`)."""
-    assemble, schur_rows, _mirror = _kernels()
+    assemble, schur_rows, _mirror, _ = _kernels()
     offsets = np.cumsum([0, design.n_b, design.n_c, design.n_a]).astype(np.int64)
     n_values = int(offsets[-1] + design.n_regions)
     partials = np.ascontiguousarray(partials, dtype=np.float64)
     rows = (design.b_node, design.b_offsets, design.wb, design.c_node, design.c_offsets, design.wc, design.a_node,
             design.a_offsets, design.wa, design.region, partials, offsets)
     sparse = voxels.method == "sparse"
-    parts = assemble(voxels.order, voxels.starts, voxels.bounds, *rows, n_values, sparse)
+    ascending = all(np.all(np.diff(np.asarray(off)) > 0) for off in (design.b_offsets, design.c_offsets, design.a_offsets))
+    parts = assemble(voxels.order, voxels.starts, voxels.bounds, *rows, n_values, sparse, ascending)
     matrix = parts[0]
     for part in parts[1:]:
         matrix += part

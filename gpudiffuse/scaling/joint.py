@@ -70,7 +70,7 @@ class JointProblem:
         self.basis = reduced_basis(design, ops)
         q, target = stacked_penalty(design, ops, lam)
         self.penalty_gram = (q.T @ q).toarray()
-        self.voxels = VoxelOrder.of(group, n_groups, self.basis.offset.size)
+        self.voxels = VoxelOrder.of(group, n_groups, self.basis.offset.size, design=design)
         with jax.enable_x64(True):
             self.data = scaling_data(design, self.basis, (q, target), intensity, np.sqrt(weight), group, n_groups,
                                      share_weights=jax.devices()[0].platform == "cpu")
@@ -89,9 +89,9 @@ class JointProblem:
             return np.asarray((t.T @ (t.T @ h).T).T)
 
         # estimated seconds on two cores: a step (JAX value and gradient) and an assembly
-        # (JAX derivatives, the JᵀJ kernel, then the Schur sum, of which BLAS blocks add their rows)
+        # (JAX derivatives and the JᵀJ kernel, then the Schur sum)
         n = len(intensity)
-        costs = (2e-7 * n, 5e-7 * n + (1.5 if self.voxels.method == "dense" else 1.0) * self.voxels.seconds)
+        costs = (2e-7 * n, 5e-7 * n + self.voxels.seconds)
         self.solver = Solver(value_and_grad, assemble, options.step_tolerance, options.gradient_tolerance,
                              value_map=lambda step: t @ step, costs=costs, sampled=self.voxels.fraction < 1)
 

@@ -20,11 +20,11 @@ OPTIONS = ScaleOptions(frames_per_b_node=10, c_nodes=(4, 2), a_nodes=(4, 4, 2), 
                        smooth_b=1e-2, smooth_c=1e-2, smooth_a=1e-1, centre_c=False)
 
 
-def problem(name):
+def problem(name, options=OPTIONS):
     table, truth = simulate_observation_table(**PROBLEMS[name])
     batches = sorted(np.unique(table["batch"]).tolist())
     n_frames = {b: truth["n_frames"] for b in batches}
-    design = build_design(table, batches, n_frames, OPTIONS, (487, 619), truth["regions_map"])
+    design = build_design(table, batches, n_frames, options, (487, 619), truth["regions_map"])
     return table, truth, design
 
 

@@ -19,7 +19,7 @@ from helpers import OPTIONS, problem
 
 
 def _joint_problem(name, options=OPTIONS):
-    table, truth, design = problem(name)
+    table, truth, design = problem(name, options)
     unit = np.median(table["rate"])
     intensity, weight = table["rate"] / unit, (unit / table["sigma"]) ** 2
     _, group = np.unique(table["H"], return_inverse=True)
@@ -56,15 +56,18 @@ def test_basis_satisfies_the_constraints_and_leaves_no_null_direction(centre_c):
 
 
 @pytest.mark.parametrize("method", ["sparse", "dense"])
-def test_normal_matrix_is_the_schur_complement_of_the_autodiff_jacobian(method):
+@pytest.mark.parametrize("a_nodes", [(4, 4, 2), (4, 4, 1)])
+def test_normal_matrix_is_the_schur_complement_of_the_autodiff_jacobian(method, a_nodes):
     """JᵀJ over θ with Î eliminated, from the compiled kernel, equals the Schur complement
-    J_θᵀJ_θ − J_θᵀJ_Î (J_ÎᵀJ_Î)⁻¹ J_ÎᵀJ_θ formed from jax.jacfwd of the residuals over (θ, Î)."""
+    J_θᵀJ_θ − J_θᵀJ_Î (J_ÎᵀJ_Î)⁻¹ J_ÎᵀJ_θ formed from jax.jacfwd of the residuals over (θ, Î).
+    With one node of a along z, a row's corners repeat a column (the kernel's general path)."""
     import jax
     import jax.numpy as jnp
 
     from gpudiffuse.scaling import residuals as R
 
-    joint, design, group = _joint_problem("two_batches")
+    joint, design, group = _joint_problem("two_batches", dataclasses.replace(OPTIONS, a_nodes=a_nodes))
+    assert np.all(np.diff(design.a_offsets) > 0) == (a_nodes[2] > 1)
     joint.voxels = dataclasses.replace(joint.voxels, method=method)
     theta = np.random.default_rng(1).normal(0, 0.02, joint.basis.n_theta)
     got = joint.solver.assemble(theta)
