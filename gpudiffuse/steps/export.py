@@ -132,9 +132,11 @@ def _write_vtk(path: str, grid: dict) -> None:
 
 
 def _write_hdf5(path: str, grid: dict) -> None:
+    from ..io.deflate import write_compressed  # noqa: PLC0415
+
     with h5py.File(path, "w") as handle:
+        write_compressed(handle, {name: grid[name] for name in ("intensity", "sigma")})
         for name in ("intensity", "sigma"):
-            handle.create_dataset(name, data=grid[name], compression="gzip", compression_opts=1, shuffle=True)
             handle[name].attrs["units"] = grid["units"]
         for name, axis in zip("hkl", grid["axes"]):
             handle[name] = axis
