@@ -13,7 +13,8 @@ Module-level functions so that numba's on-disk cache finds them again in a new p
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["strong_pixel_flags", "strong_pixel_flags_numpy", "binned_medians", "binned_medians_numpy"]
+__all__ = ["strong_pixel_flags", "strong_pixel_flags_numpy", "binned_medians", "binned_medians_numpy", "cloud_step",
+           "cloud_step_numpy"]
 
 PIXELS_PER_TASK = 65536
 
@@ -109,3 +110,60 @@ def binned_medians_numpy(frames, valid, bin_index, n_bins: int) -> np.ndarray:
         if values.size:
             medians[b] = np.median(values)
     return medians
+
+
+@njit(cache=True, nogil=True)
+def cloud_step(delta, centre, inverse, limit, inside):
+    """One step of the robust fit of the δ cloud (:func:`.peaks.fit_peak_cloud`), in two passes
+    over the points and no (N, 3) temporaries.
+
+    delta : (N, 3) points; centre (3,), inverse (3, 3): the current model; limit: the largest
+    Mahalanobis² kept. ``inside`` (N,) bool holds the previous flags and receives the new ones.
+    Returns (count, mean (3,), scatter (3, 3) = Σ (x − mean)(x − mean)ᵀ over the points flagged,
+    how many flags changed). With count 0 the mean and scatter are zeros."""
+    n = delta.shape[0]
+    count = 0
+    changed = 0
+    total = np.zeros(3)
+    for i in range(n):
+        r0, r1, r2 = delta[i, 0] - centre[0], delta[i, 1] - centre[1], delta[i, 2] - centre[2]
+        d2 = r0 * (inverse[0, 0] * r0 + inverse[0, 1] * r1 + inverse[0, 2] * r2) \
+            + r1 * (inverse[1, 0] * r0 + inverse[1, 1] * r1 + inverse[1, 2] * r2) \
+            + r2 * (inverse[2, 0] * r0 + inverse[2, 1] * r1 + inverse[2, 2] * r2)
+        flag = d2 < limit
+        if flag != inside[i]:
+            changed += 1
+        inside[i] = flag
+        if flag:
+            count += 1
+            for k in range(3):
+                total[k] += delta[i, k]
+    mean = np.zeros(3)
+    scatter = np.zeros((3, 3))
+    if count == 0:
+        return count, mean, scatter, changed
+    for k in range(3):
+        mean[k] = total[k] / count
+    for i in range(n):
+        if inside[i]:
+            for a in range(3):
+                for b in range(a, 3):
+                    scatter[a, b] += (delta[i, a] - mean[a]) * (delta[i, b] - mean[b])
+    for a in range(3):
+        for b in range(a):
+            scatter[a, b] = scatter[b, a]
+    return count, mean, scatter, changed
+
+
+def cloud_step_numpy(delta, centre, inverse, limit, inside):
+    """The same in NumPy (the reference for :func:`cloud_step`)."""
+    r = delta - centre
+    new = ((r @ inverse) * r).sum(axis=1) < limit
+    changed = int(np.count_nonzero(new != inside))
+    inside[:] = new
+    points = delta[new]
+    if not len(points):
+        return 0, np.zeros(3), np.zeros((3, 3)), changed
+    mean = points.mean(axis=0)
+    spread = points - mean
+    return len(points), mean, spread.T @ spread, changed

@@ -123,26 +123,25 @@ class PeakModel:
 def fit_peak_cloud(delta: np.ndarray, sigma_cutoff: float = 3.0, iterations: int = 30) -> PeakModel:
     """Robust Gaussian fit to the δ cloud of hot pixels (N, 3): iterate mean/covariance of the
     points within the 99.9 % χ² contour. Never raises on odd clouds; it warns instead."""
-    delta = np.asarray(delta, dtype=np.float64)
+    delta = np.ascontiguousarray(delta, dtype=np.float64)
     warnings = []
     if len(delta) < 10:
         warnings.append(f"only {len(delta)} strong pixels found: the Bragg mask falls back to a broad default")
         return PeakModel(np.zeros(3), np.eye(3) * 0.1**2, sigma_cutoff, len(delta), 0.0, tuple(warnings))
+    from .peak_kernels import cloud_step  # noqa: PLC0415
+
     centre = np.median(delta, axis=0)
     mad = np.median(np.abs(delta - centre), axis=0) * 1.4826
     cov = np.diag(np.maximum(mad, 1e-3) ** 2)
     inliers = np.ones(len(delta), bool)
     for _ in range(iterations):
-        r = delta - centre
-        d2 = ((r @ np.linalg.inv(cov)) * r).sum(axis=1)
-        new = d2 < CHI2_3DOF_999
-        if new.sum() < 10:
+        new = inliers.copy()
+        count, mean, scatter, changed = cloud_step(delta, centre, np.linalg.inv(cov), CHI2_3DOF_999, new)
+        if count < 10:
             break
-        inside = delta[new]
-        centre = inside.mean(axis=0)
-        spread = inside - centre
-        cov = spread.T @ spread / (len(inside) - 1) + np.eye(3) * 1e-8
-        if np.array_equal(new, inliers):
+        centre = mean
+        cov = scatter / (count - 1) + np.eye(3) * 1e-8
+        if changed == 0:
             break
         inliers = new
     fraction = float(inliers.mean())
@@ -221,7 +220,9 @@ def find_peaks(experiment, params: PeakParameters, dmin: float | None = None, pr
         if dmin:
             keep = s_norm <= 1.0 / dmin
             pix, s, s_norm = pix[keep], s[keep], s_norm[keep]
-        sample = [chunk.data.reshape(len(chunk.frame_indices), -1)[:, pix]
+        # np.take keeps rows contiguous (a[:, pix] is column-major: every later pass over it, and
+        # the compiled median's copy, paid for that; 1M preset: 0.25 s)
+        sample = [np.take(chunk.data.reshape(len(chunk.frame_indices), -1), pix, axis=1)
                   for chunk in FrameSource(sweep, _sample_frames(sweep, params), chunk_size=8)]
         sample = np.concatenate(sample)
         profile = automatic_threshold(sample, frame_valid(sample, sweep.panel.trusted_range), s_norm, params)

@@ -56,3 +56,35 @@ def test_binned_medians_equal_numpy(dtype):
     got = binned_medians(frames, valid, bins, 48)
     np.testing.assert_array_equal(got, binned_medians_numpy(frames, valid, bins, 48))
     assert np.isnan(got[47]) and np.isfinite(got[:47]).all()
+
+
+@pytest.mark.parametrize("step", ["cloud_step", "cloud_step_numpy"])
+def test_cloud_step_hand_worked(step):
+    """Five points, the last far out: four kept, their mean and scatter by hand."""
+    from gpudiffuse.masking import peak_kernels
+
+    delta = np.array([[0.0, 0, 0], [0.1, 0, 0], [0, 0.1, 0], [0.1, 0.1, 0.2], [3.0, 0, 0]])
+    inside = np.array([True, True, True, True, True])
+    count, mean, scatter, changed = getattr(peak_kernels, step)(delta, np.zeros(3), np.eye(3), 1.0, inside)
+    assert count == 4 and changed == 1
+    np.testing.assert_array_equal(inside, [True, True, True, True, False])
+    np.testing.assert_allclose(mean, [0.05, 0.05, 0.05], rtol=1e-14)
+    # deviations from the mean: (−.05, −.05, −.05), (.05, −.05, −.05), (−.05, .05, −.05), (.05, .05, .15)
+    want = np.array([[0.01, 0.0, 0.01], [0.0, 0.01, 0.01], [0.01, 0.01, 0.03]])
+    np.testing.assert_allclose(scatter, want, rtol=1e-12, atol=1e-15)
+
+
+def test_cloud_step_equals_numpy_on_a_cloud():
+    from gpudiffuse.masking.peak_kernels import cloud_step, cloud_step_numpy
+
+    rng = np.random.default_rng(5)
+    delta = np.concatenate([rng.normal(0.01, 0.04, (200_000, 3)), rng.uniform(-0.5, 0.5, (20_000, 3))])
+    inverse = np.linalg.inv(np.diag([0.03, 0.05, 0.04]) ** 2)
+    previous = rng.random(len(delta)) < 0.9
+    got_flags, want_flags = previous.copy(), previous.copy()
+    got = cloud_step(delta, np.array([0.0, 0.02, 0.0]), inverse, 16.27, got_flags)
+    want = cloud_step_numpy(delta, np.array([0.0, 0.02, 0.0]), inverse, 16.27, want_flags)
+    np.testing.assert_array_equal(got_flags, want_flags)
+    assert got[0] == want[0] and got[3] == want[3] and 0 < got[0] < len(delta)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-12)
+    np.testing.assert_allclose(got[2], want[2], rtol=1e-12)
