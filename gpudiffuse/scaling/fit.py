@@ -104,7 +104,7 @@ class _Joint:
 
     def round(self, params, weight, keep, options, report):
         result = self.problem.fit(self.theta, weight, keep, options.max_iterations, report)
-        self.theta = result.theta
+        self.theta, self.loss = result.theta, result.loss
         return self.problem.params_of(result.theta), result.history, result.iterations, result.converged
 
     def evaluate(self, params, weight, keep):
@@ -195,7 +195,12 @@ def fit_scales(table: dict, groups: np.ndarray, design: Design, options: ScaleOp
         if chi2_before is None:
             chi2_before = hist[0] - float(penalty_loss(initial_params(design), design, ops, lam))
         history += hist
-        chi2, penalty, r = solver.evaluate(params, weight, keep)
+        if options.method == "joint" and round_index == len(options.outlier_rounds):
+            # the last round: no residuals needed; the solver's loss at θ is χ² + penalty
+            penalty = float(penalty_loss(params, design, ops, lam))
+            chi2 = solver.loss - penalty
+        else:
+            chi2, penalty, r = solver.evaluate(params, weight, keep)
         rounds.append(RoundReport(k, int(bad.sum()), its, chi2, chi2 + penalty, ok))
         logger.info("scaling (%s) round %d: χ² = %.6g, loss %.9g after %d iterations (%s)", options.method,
                     round_index, chi2, chi2 + penalty, its, "converged" if ok else "NOT converged")
