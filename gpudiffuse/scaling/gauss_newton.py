@@ -106,11 +106,15 @@ class VoxelOrder:
         return cls(order, starts, np.maximum.accumulate(bounds), fraction, method, seconds)
 
 
+def _value_offsets(design) -> np.ndarray:
+    """Where b, c, a and d start among the concatenated model values."""
+    return np.cumsum([0, design.n_b, design.n_c, design.n_a]).astype(np.int64)
+
+
 def _column_args(design):
     """The design's arrays that give each observation's model values (:func:`.normal_kernels.row_columns`)."""
-    offsets = np.cumsum([0, design.n_b, design.n_c, design.n_a]).astype(np.int64)
     return (design.b_node, design.b_offsets, design.c_node, design.c_offsets, design.a_node, design.a_offsets,
-            design.region, offsets)
+            design.region, _value_offsets(design))
 
 
 def normal_matrix(partials, design, voxels: VoxelOrder, penalty_gram: np.ndarray) -> np.ndarray:
@@ -119,7 +123,7 @@ def normal_matrix(partials, design, voxels: VoxelOrder, penalty_gram: np.ndarray
     partials : (≥ N, 5) ∂r_i/∂(a_i, b_i, c_i, d_i, Î) per observation row
     (:func:`.row_chunks.chunked_partials`)."""
     assemble, schur_rows, _mirror, _ = _kernels()
-    offsets = np.cumsum([0, design.n_b, design.n_c, design.n_a]).astype(np.int64)
+    offsets = _value_offsets(design)
     n_values = int(offsets[-1] + design.n_regions)
     partials = np.ascontiguousarray(partials, dtype=np.float64)
     rows = (design.b_node, design.b_offsets, design.wb, design.c_node, design.c_offsets, design.wc, design.a_node,
