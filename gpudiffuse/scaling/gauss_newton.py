@@ -32,7 +32,7 @@ __all__ = ["GaussNewtonResult", "Solver", "normal_matrix"]
 def _kernels():
     from . import normal_kernels  # noqa: PLC0415  (numba is imported only when a matrix is assembled)
 
-    return normal_kernels.assemble, normal_kernels.schur_rows, normal_kernels.mirror, normal_kernels.touched_columns
+    return normal_kernels.assemble, normal_kernels.schur_rows, normal_kernels.mirror
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,9 @@ class VoxelOrder:
         order = order.astype(np.int32 if len(group) < 2**31 else np.int64)
         seconds = fraction * seconds[method]
         if design is not None:
-            touched = _kernels()[3](order, starts, *_column_args(design), n_values).astype(np.float64)
+            from .normal_kernels import touched_columns  # noqa: PLC0415
+
+            touched = touched_columns(order, starts, *_column_args(design), n_values).astype(np.float64)
             estimates = {"sparse": float(np.sum(touched**2)) / cls.SPARSE_UPDATE_RATE,
                          "dense": n_voxels * float(n_values) ** 2 / cls.DENSE_UPDATE_RATE}
             method = min(estimates, key=estimates.get)
@@ -106,15 +108,10 @@ class VoxelOrder:
         return cls(order, starts, np.maximum.accumulate(bounds), fraction, method, seconds)
 
 
-def _value_offsets(design) -> np.ndarray:
-    """Where b, c, a and d start among the concatenated model values."""
-    return np.cumsum([0, design.n_b, design.n_c, design.n_a]).astype(np.int64)
-
-
 def _column_args(design):
     """The design's arrays that give each observation's model values (:func:`.normal_kernels.row_columns`)."""
     return (design.b_node, design.b_offsets, design.c_node, design.c_offsets, design.a_node, design.a_offsets,
-            design.region, _value_offsets(design))
+            design.region, design.value_edges)
 
 
 def normal_matrix(partials, design, voxels: VoxelOrder, penalty_gram: np.ndarray) -> np.ndarray:
@@ -122,9 +119,9 @@ def normal_matrix(partials, design, voxels: VoxelOrder, penalty_gram: np.ndarray
 
     partials : (≥ N, 5) ∂r_i/∂(a_i, b_i, c_i, d_i, Î) per observation row
     (:func:`.row_chunks.chunked_partials`)."""
-    assemble, schur_rows, _mirror, _ = _kernels()
-    offsets = _value_offsets(design)
-    n_values = int(offsets[-1] + design.n_regions)
+    assemble, schur_rows, _mirror = _kernels()
+    offsets = design.value_edges
+    n_values = int(offsets[-1])
     partials = np.ascontiguousarray(partials, dtype=np.float64)
     rows = (design.b_node, design.b_offsets, design.wb, design.c_node, design.c_offsets, design.wc, design.a_node,
             design.a_offsets, design.wa, design.region, partials, offsets)

@@ -155,6 +155,11 @@ class Design:
     a_offsets: np.ndarray = None  # (8,)
 
     @property
+    def value_edges(self) -> np.ndarray:
+        """(5,) int64: where b, c, a and d start among the concatenated model values, then their total."""
+        return np.cumsum([0, self.n_b, self.n_c, self.n_a, self.n_regions]).astype(np.int64)
+
+    @property
     def ib(self):
         """(N, 2) nodes of b per row (made on each access)."""
         return self.b_node[:, None] + self.b_offsets
@@ -176,14 +181,14 @@ def frame_nodes(n_frames: int, frames_per_node: int) -> int:
 
 
 def _hat(u, lo, hi, n):
-    """Linear interpolation on n uniform nodes over [lo, hi]: (i0, i1, w0, w1)."""
+    """Linear interpolation on n uniform nodes over [lo, hi]: (i0, w0, w1), the weights of nodes
+    i0 and i0 + 1 (of node 0 alone, w1 = 0, when n = 1)."""
     if n == 1:
-        zero = np.zeros(len(u), np.int64)
-        return zero, zero, np.ones(len(u)), np.zeros(len(u))
+        return np.zeros(len(u), np.int64), np.ones(len(u)), np.zeros(len(u))
     p = np.clip((u - lo) / max(hi - lo, 1e-12), 0, 1) * (n - 1)
     i0 = np.clip(np.floor(p).astype(np.int64), 0, n - 2)
     t = p - i0
-    return i0, i0 + 1, 1 - t, t
+    return i0, 1 - t, t
 
 
 def _chunked_rows(n: int, width: int) -> np.ndarray:
@@ -221,7 +226,7 @@ def build_design(table: dict, batches, n_frames: dict, options: ScaleOptions, im
     c_node, wc = np.empty(n, np.int32), _chunked_rows(n, 4)
     a_node, wa = np.empty(n, np.int32), _chunked_rows(n, 8)
     # corner k of a cell is its first node plus a fixed offset: each _hat pair is (i0, i0 + 1), or
-    # (0, 0) on an axis of one node
+    # (0, 0) on an axis of one node (whose second weight is 0)
     def up(n_nodes):  # the second corner's step along an axis
         return int(n_nodes > 1)
 
@@ -233,19 +238,19 @@ def build_design(table: dict, batches, n_frames: dict, options: ScaleOptions, im
     for rows in row_blocks(n):
         bt = batch[rows]
         u = np.asarray(table["frame"][rows], dtype=np.float64) / np.maximum(last_frame[bt], 1)
-        i0, _, w0, w1 = _hat(u, 0.0, 1.0, n_bz)
+        i0, w0, w1 = _hat(u, 0.0, 1.0, n_bz)
         b_node[rows] = bt * n_bz + i0
         wb[rows, 0], wb[rows, 1] = w0, w1
 
-        s0, _, ws0, ws1 = _hat(s_all[rows], smin, smax, ns)
-        z0, _, wz0, wz1 = _hat(u, 0.0, 1.0, nzc)
+        s0, ws0, ws1 = _hat(s_all[rows], smin, smax, ns)
+        z0, wz0, wz1 = _hat(u, 0.0, 1.0, nzc)
         c_node[rows] = (bt * ns + s0) * nzc + z0
         for k, (ws, wz) in enumerate((ws, wz) for ws in (ws0, ws1) for wz in (wz0, wz1)):
             wc[rows, k] = ws * wz
 
-        x0, _, wx0, wx1 = _hat(np.asarray(table["ix"][rows], float), 0.0, fast - 1.0, nx)
-        y0, _, wy0, wy1 = _hat(np.asarray(table["iy"][rows], float), 0.0, slow - 1.0, ny)
-        za0, _, wza0, wza1 = _hat(u, 0.0, 1.0, nza)
+        x0, wx0, wx1 = _hat(np.asarray(table["ix"][rows], float), 0.0, fast - 1.0, nx)
+        y0, wy0, wy1 = _hat(np.asarray(table["iy"][rows], float), 0.0, slow - 1.0, ny)
+        za0, wza0, wza1 = _hat(u, 0.0, 1.0, nza)
         a_node[rows] = ((bt * nx + x0) * ny + y0) * nza + za0
         for k, (wx, wy, wz) in enumerate((wx, wy, wz) for wx in (wx0, wx1) for wy in (wy0, wy1)
                                          for wz in (wza0, wza1)):

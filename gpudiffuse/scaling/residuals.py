@@ -59,7 +59,7 @@ class Basis:
 
 
 def _component_slices(design: Design) -> dict:
-    edges = np.cumsum([0, design.n_b, design.n_c, design.n_a, design.n_regions])
+    edges = design.value_edges
     return {k: slice(int(edges[i]), int(edges[i + 1])) for i, k in enumerate("bcad")}
 
 
