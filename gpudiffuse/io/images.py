@@ -50,20 +50,30 @@ class _ChecksumWatch(logging.Handler):
 _CHECKSUM = _ChecksumWatch()
 
 
-def _fabio_open(path: str):
+def _with_fabio(path: str, read):
+    """``read(fabio, path)``; a missing file, or any error of fabio's on a corrupt one, becomes an
+    ImageError naming the file."""
     import fabio  # noqa: PLC0415  (fabio import is slow; only when images are read)
 
     if not os.path.exists(path):
         raise ImageError(f"image file not found: {path}")
+    try:
+        return read(fabio, path)
+    except Exception as exc:  # fabio raises assorted types for corrupt files
+        raise ImageError(f"cannot read image {path}: corrupt, truncated or unsupported ({exc.__class__.__name__}: {exc})") from exc
+
+
+def _fabio_open(path: str):
     logger = logging.getLogger("fabio.cbfimage")
     if _CHECKSUM not in logger.handlers:
         logger.addHandler(_CHECKSUM)
     _CHECKSUM.take()
-    try:
+
+    def read(fabio, path):
         image = fabio.open(path)
-        data = image.data
-    except Exception as exc:  # fabio raises assorted types for corrupt files
-        raise ImageError(f"cannot read image {path}: corrupt, truncated or unsupported ({exc.__class__.__name__}: {exc})") from exc
+        return image, image.data
+
+    image, data = _with_fabio(path, read)
     mismatch = _CHECKSUM.take()
     if mismatch:
         raise ImageError(f"corrupt image {path}: the pixel data do not match the header's Content-MD5 ({mismatch})")
@@ -106,15 +116,8 @@ def read_header(path: str) -> dict:
     Only the header is decoded (a 1M-pixel CBF: ~0.2 ms instead of ~7 ms), and a CBF file shorter
     than the binary section its header announces is refused as truncated. The pixels' checksum is
     verified when they are read (:func:`read_image`)."""
-    import fabio  # noqa: PLC0415
-
     path = str(path)
-    if not os.path.exists(path):
-        raise ImageError(f"image file not found: {path}")
-    try:
-        header = dict(fabio.openheader(path).header)
-    except Exception as exc:  # fabio raises assorted types for corrupt files
-        raise ImageError(f"cannot read image {path}: corrupt, truncated or unsupported ({exc.__class__.__name__}: {exc})") from exc
+    header = _with_fabio(path, lambda fabio, p: dict(fabio.openheader(p).header))
     if path.lower().endswith(".cbf"):
         _check_cbf_length(path, header)
     return header
