@@ -67,7 +67,7 @@ def main(argv=None):
         runs.append({**json.loads(child.stdout.strip().splitlines()[-1]), "wall_s_including_python_start": round(wall, 2)})
         if len(runs) < args.repeats:
             shutil.rmtree(out)
-    figures = {key: runs[-1][key] for key in ("merged_voxels",)}
+    figures = {"merged_voxels": runs[-1]["merged_voxels"]}
     figures["total_s"] = round(float(np.median([r["total_s"] for r in runs])), 2)
     figures["steps_s"] = {step: round(float(np.median([r["steps_s"][step] for r in runs])), 3)
                           for step in runs[0]["steps_s"]}
