@@ -180,17 +180,6 @@ def frame_nodes(n_frames: int, frames_per_node: int) -> int:
     return max(2, int(np.ceil(n_frames / frames_per_node)) + 1)
 
 
-def _hat(u, lo, hi, n):
-    """Linear interpolation on n uniform nodes over [lo, hi]: (i0, w0, w1), the weights of nodes
-    i0 and i0 + 1 (of node 0 alone, w1 = 0, when n = 1)."""
-    if n == 1:
-        return np.zeros(len(u), np.int64), np.ones(len(u)), np.zeros(len(u))
-    p = np.clip((u - lo) / max(hi - lo, 1e-12), 0, 1) * (n - 1)
-    i0 = np.clip(np.floor(p).astype(np.int64), 0, n - 2)
-    t = p - i0
-    return i0, 1 - t, t
-
-
 def _chunked_rows(n: int, width: int) -> np.ndarray:
     """An (n, width) float64 view of a zeroed buffer of whole row chunks, so that the joint fit can
     hand the buffer to JAX without another padded copy (see :func:`.residuals.padded_rows`)."""
@@ -208,6 +197,8 @@ def build_design(table: dict, batches, n_frames: dict, options: ScaleOptions, im
     s_range : (min, max) |s| of c's nodes (default: the table's range), to apply a fitted model
     to another table.
     """
+    from .row_kernels import design_rows  # noqa: PLC0415
+
     batch_ids = {b: i for i, b in enumerate(sorted(batches))}
     nb_batches = len(batch_ids)
     batch = np.searchsorted(np.array(sorted(batch_ids)), np.asarray(table["batch"])).astype(np.int64)
@@ -225,7 +216,8 @@ def build_design(table: dict, batches, n_frames: dict, options: ScaleOptions, im
     b_node, wb = np.empty(n, np.int32), _chunked_rows(n, 2)
     c_node, wc = np.empty(n, np.int32), _chunked_rows(n, 4)
     a_node, wa = np.empty(n, np.int32), _chunked_rows(n, 8)
-    # corner k of a cell is its first node plus a fixed offset: each _hat pair is (i0, i0 + 1), or
+    region = np.empty(n, np.int32)
+    # corner k of a cell is its first node plus a fixed offset: each hat pair is (i0, i0 + 1), or
     # (0, 0) on an axis of one node (whose second weight is 0)
     def up(n_nodes):  # the second corner's step along an axis
         return int(n_nodes > 1)
@@ -234,44 +226,23 @@ def build_design(table: dict, batches, n_frames: dict, options: ScaleOptions, im
     c_offsets = np.array([ds * up(ns) * nzc + dz * up(nzc) for ds in (0, 1) for dz in (0, 1)], np.int32)
     a_offsets = np.array([(dx * up(nx) * ny + dy * up(ny)) * nza + dz * up(nza)
                           for dx in (0, 1) for dy in (0, 1) for dz in (0, 1)], np.int32)
-    # filled in blocks of rows: 10⁷ observations would otherwise hold dozens of (N,) temporaries
-    for rows in row_blocks(n):
-        bt = batch[rows]
-        u = np.asarray(table["frame"][rows], dtype=np.float64) / np.maximum(last_frame[bt], 1)
-        i0, w0, w1 = _hat(u, 0.0, 1.0, n_bz)
-        b_node[rows] = bt * n_bz + i0
-        wb[rows, 0], wb[rows, 1] = w0, w1
-
-        s0, ws0, ws1 = _hat(s_all[rows], smin, smax, ns)
-        z0, wz0, wz1 = _hat(u, 0.0, 1.0, nzc)
-        c_node[rows] = (bt * ns + s0) * nzc + z0
-        for k, (ws, wz) in enumerate((ws, wz) for ws in (ws0, ws1) for wz in (wz0, wz1)):
-            wc[rows, k] = ws * wz
-
-        x0, wx0, wx1 = _hat(np.asarray(table["ix"][rows], float), 0.0, fast - 1.0, nx)
-        y0, wy0, wy1 = _hat(np.asarray(table["iy"][rows], float), 0.0, slow - 1.0, ny)
-        za0, wza0, wza1 = _hat(u, 0.0, 1.0, nza)
-        a_node[rows] = ((bt * nx + x0) * ny + y0) * nza + za0
-        for k, (wx, wy, wz) in enumerate((wx, wy, wz) for wx in (wx0, wx1) for wy in (wy0, wy1)
-                                         for wz in (wza0, wza1)):
-            wa[rows, k] = wx * wy * wz
+    # one compiled pass: NumPy's dozens of (N,) temporaries cost more in page faults than in arithmetic
+    region_map = np.zeros((1, 1), np.int64) if regions is None else np.ascontiguousarray(regions)
+    design_rows(batch, np.asarray(table["frame"], np.float64), s_all, np.asarray(table["ix"], np.float64),
+                np.asarray(table["iy"], np.float64), last_frame, np.array([n_bz, ns, nzc, nx, ny, nza], np.int64),
+                np.array([smin, smax]), np.array([fast, slow], np.int64), region_map, regions is not None,
+                b_node, wb, c_node, wc, a_node, wa, region)
+    n_regions = 1 if regions is None else int(regions.max()) + 1
 
     # a normalisation groups: (batch, z node)
     grid_b, grid_x, grid_y, grid_z = np.meshgrid(np.arange(nb_batches), np.arange(nx), np.arange(ny), np.arange(nza),
                                                  indexing="ij")
     a_group = (grid_b * nza + grid_z).ravel()
 
-    if regions is not None:
-        rx = np.clip(np.rint(table["ix"]).astype(np.int64), 0, fast - 1)
-        ry = np.clip(np.rint(table["iy"]).astype(np.int64), 0, slow - 1)
-        region = np.maximum(regions[ry, rx], 0)
-        n_regions = int(regions.max()) + 1
-    else:
-        region, n_regions = np.zeros(n, np.int64), 1
     c_free = np.ones((nb_batches, ns, nzc), bool)
     if not options.centre_c:
         c_free[0, 0, 0] = False  # one pinned node fixes the constant shared by c and Î
-    return Design(b_node, wb, c_node, wc, a_node, wa, region.astype(np.int32), nb_batches * n_bz,
+    return Design(b_node, wb, c_node, wc, a_node, wa, region, nb_batches * n_bz,
                   nb_batches * ns * nzc, nb_batches * nx * ny * nza, n_regions, a_group, nb_batches * nza,
                   c_free.ravel(), (nb_batches, n_bz), (nb_batches, ns, nzc), (nb_batches, nx, ny, nza),
                   {"s": (smin, smax), "image_size": tuple(image_size), "batches": sorted(batch_ids),
@@ -358,11 +329,6 @@ def radial_operator(design: Design) -> sp.csr_matrix:
                                                  design.a_offsets, design.wa, ns, nzc, design.n_a)
     bin_mean = node_sums / np.maximum(bin_totals, 1e-300)[:, None]
     return sp.csr_matrix(bin_mean - overall[None, :] / n)
-
-
-def row_blocks(n: int, size: int = 1 << 20):
-    """Slices of at most ``size`` rows covering range(n)."""
-    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
 
 def penalty_operators(design: Design) -> dict:

@@ -10,7 +10,7 @@ Module-level functions so that numba's on-disk cache finds them again in a new p
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["node_sums", "radial_sums", "touched_nodes", "grouped_order", "interpolated"]
+__all__ = ["node_sums", "radial_sums", "touched_nodes", "grouped_order", "interpolated", "design_rows"]
 
 PARTS = 16
 
@@ -112,3 +112,53 @@ def interpolated(values, node, offsets, weights):
                 total += values[node[i] + offsets[k]] * weights[i, k]
             out[i] = total
     return out
+
+
+@njit(cache=True)
+def _hat(u, lo, hi, n):
+    """Row-wise :func:`.model._hat`: (first node, its weight, the next node's weight), in the
+    same float64 operations (so that both give the same bits)."""
+    if n == 1:
+        return 0, 1.0, 0.0
+    p = min(max((u - lo) / max(hi - lo, 1e-12), 0.0), 1.0) * (n - 1)
+    i0 = min(max(np.int64(np.floor(p)), 0), n - 2)
+    t = p - i0
+    return i0, 1 - t, t
+
+
+@njit(parallel=True, cache=True)
+def design_rows(batch, frame, s, ix, iy, last_frame, counts, s_range, image_size, regions, use_regions,
+                b_node, wb, c_node, wc, a_node, wa, region):
+    """Fill the per-row arrays of a :class:`.model.Design` in one pass (no (N,) temporaries).
+
+    counts : (n_bz, ns, nzc, nx, ny, nza) nodes per axis; s_range : (smin, smax) of c's |s| nodes;
+    image_size : (fast, slow) pixels; regions : (slow, fast) region map, read when ``use_regions``
+    (row i's region: the map at its rounded, clipped pixel, −1 counted as 0)."""
+    n_bz, ns, nzc, nx, ny, nza = counts
+    fast, slow = image_size
+    for i in prange(batch.shape[0]):
+        bt = batch[i]
+        u = frame[i] / max(last_frame[bt], 1.0)
+        i0, w0, w1 = _hat(u, 0.0, 1.0, n_bz)
+        b_node[i] = bt * n_bz + i0
+        wb[i, 0], wb[i, 1] = w0, w1
+        s0, ws0, ws1 = _hat(s[i], s_range[0], s_range[1], ns)
+        z0, wz0, wz1 = _hat(u, 0.0, 1.0, nzc)
+        c_node[i] = (bt * ns + s0) * nzc + z0
+        wc[i, 0], wc[i, 1], wc[i, 2], wc[i, 3] = ws0 * wz0, ws0 * wz1, ws1 * wz0, ws1 * wz1
+        x0, wx0, wx1 = _hat(ix[i], 0.0, fast - 1.0, nx)
+        y0, wy0, wy1 = _hat(iy[i], 0.0, slow - 1.0, ny)
+        za0, wza0, wza1 = _hat(u, 0.0, 1.0, nza)
+        a_node[i] = ((bt * nx + x0) * ny + y0) * nza + za0
+        k = 0
+        for wx in (wx0, wx1):
+            for wy in (wy0, wy1):
+                for wz in (wza0, wza1):
+                    wa[i, k] = wx * wy * wz
+                    k += 1
+        if use_regions:
+            rx = min(max(np.int64(np.rint(ix[i])), 0), fast - 1)
+            ry = min(max(np.int64(np.rint(iy[i])), 0), slow - 1)
+            region[i] = max(regions[ry, rx], 0)
+        else:
+            region[i] = 0

@@ -125,3 +125,35 @@ def test_cell_corners_interpolate_hat_functions(a_nodes):
                 node = grid[batch, np.minimum(x0 + dx, nx - 1), np.minimum(y0 + dy, ny - 1), np.minimum(z0 + dz, nz - 1)]
                 want += node * wx * wy * wz
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("c_nodes", [(6, None), (1, 3)])
+def test_b_and_c_corners_and_regions_follow_the_rows(c_nodes):
+    """b interpolates linearly along the frame, c bilinearly over |s| × frame (also with one |s|
+    node), and each row's region is the map's value at its rounded pixel (−1 read as region 0)."""
+    table, truth, design = _design(40, ScaleOptions(c_nodes=c_nodes), n_obs=2000)
+    batch = table["batch"].astype(int)
+    u = table["frame"] / np.where(batch == 0, 39, 19)
+    nb, nbz = design.shape_b
+    _, ns, nzc = design.shape_c
+    rng = np.random.default_rng(6)
+    b_values, c_values = rng.normal(size=design.n_b), rng.normal(size=design.n_c)
+
+    def linear(grid, axis_u, n):  # values along one axis at positions u ∈ [0, 1], written out
+        p = np.clip(axis_u, 0, 1) * (n - 1)
+        return np.array([np.interp(pi, np.arange(n), g) for pi, g in zip(p, grid)])
+
+    want_b = linear(b_values.reshape(nb, nbz)[batch], u, nbz)
+    np.testing.assert_allclose((b_values[design.ib] * design.wb).sum(axis=1), want_b, rtol=1e-12, atol=1e-12)
+
+    s = (table["s"] - table["s"].min()) / (table["s"].max() - table["s"].min())
+    grid_c = c_values.reshape(nb, ns, nzc)[batch]  # (rows, ns, nzc)
+    along_z = np.stack([linear(grid_c[:, k], u, nzc) for k in range(ns)], axis=1)
+    want_c = linear(along_z, s, ns)
+    np.testing.assert_allclose((c_values[design.ic] * design.wc).sum(axis=1), want_c, rtol=1e-12, atol=1e-12)
+
+    regions = truth["regions_map"]
+    rows = np.clip(np.rint(table["iy"]).astype(int), 0, regions.shape[0] - 1)
+    cols = np.clip(np.rint(table["ix"]).astype(int), 0, regions.shape[1] - 1)
+    np.testing.assert_array_equal(design.region, np.maximum(regions[rows, cols], 0))
+    assert design.n_regions == regions.max() + 1
