@@ -76,24 +76,39 @@ class JointProblem:
                                      share_weights=jax.devices()[0].platform == "cpu")
         functions = _compiled()
         t = self.basis.matrix
+        self._merged = []  # [(θ, Î at θ)] of the last two evaluations, under the current weights
 
         def value_and_grad(theta):
+            theta = np.array(theta, np.float64)
             with jax.enable_x64(True):
-                value, grad = functions["value_and_grad"](np.asarray(theta, np.float64), self.data)
+                value, grad, merged = functions["value_and_grad"](theta, self.data)
+                self._merged = [*self._merged[-1:], (theta, merged)]
                 return float(value), np.asarray(grad, dtype=np.float64)
 
         def assemble(theta):
+            merged = self._merged_at(theta)
             with jax.enable_x64(True):
-                partials = np.asarray(functions["partials"](np.asarray(theta, np.float64), self.data))
+                partials = np.asarray(functions["partials"](np.asarray(theta, np.float64), self.data, merged))
             h = normal_matrix(partials, design, self.voxels, self.penalty_gram)
             return np.asarray((t.T @ (t.T @ h).T).T)
 
+        self._value_and_grad = value_and_grad
         # estimated seconds on two cores: a step (JAX value and gradient) and an assembly
         # (JAX derivatives and the JᵀJ kernel, then the Schur sum)
         n = len(intensity)
         costs = (2e-7 * n, 5e-7 * n + self.voxels.seconds)
         self.solver = Solver(value_and_grad, assemble, options.step_tolerance, options.gradient_tolerance,
                              value_map=lambda step: t @ step, costs=costs, sampled=self.voxels.fraction < 1)
+
+    def _merged_at(self, theta):
+        """Î per voxel at θ under the current weights: kept from the solver's last evaluations (the
+        matrix is assembled, and the residuals taken, where the loss was just evaluated), else
+        evaluated now."""
+        for at, merged in self._merged:
+            if np.array_equal(at, theta):
+                return merged
+        self._value_and_grad(theta)
+        return self._merged[-1][1]
 
     def theta_of(self, params: ScaleParams) -> np.ndarray:
         values = np.concatenate([np.asarray(x, np.float64) for x in effective(params, self.design)])
@@ -105,7 +120,8 @@ class JointProblem:
     def _set_weights(self, weight, keep):
         """The problem's observation weights become ``weight`` (1/σ²) where ``keep``, 0 elsewhere.
         √weight is written straight into one padded buffer, and the old device buffer is released
-        before the new one is made: no (N,) temporaries outlive the call."""
+        before the new one is made: no (N,) temporaries outlive the call. Unchanged weights (the
+        residuals after a round) keep the device buffer and the Î kept from the round."""
         import jax  # noqa: PLC0415
         import jax.numpy as jnp  # noqa: PLC0415
 
@@ -113,6 +129,9 @@ class JointProblem:
         sqrt_weight = np.zeros(padded_length(n))
         np.sqrt(weight, out=sqrt_weight[:n])
         sqrt_weight[:n] *= keep
+        if np.array_equal(np.asarray(self.data.sqrt_weight), sqrt_weight):
+            return
+        self._merged = []
         self.data = dataclasses.replace(self.data, sqrt_weight=None)
         with jax.enable_x64(True):
             self.data = dataclasses.replace(self.data, sqrt_weight=jnp.asarray(sqrt_weight))
@@ -126,8 +145,9 @@ class JointProblem:
         import jax  # noqa: PLC0415
 
         self._set_weights(weight, keep)
+        merged = self._merged_at(np.asarray(theta, np.float64))
         with jax.enable_x64(True):
-            chi2, penalty, r = _compiled()["evaluate"](np.asarray(theta, np.float64), self.data)
+            chi2, penalty, r = _compiled()["evaluate"](np.asarray(theta, np.float64), self.data, merged)
             return float(chi2), float(penalty), np.asarray(r)[:self.data.n_rows]
 
     def uncertainties(self, theta, variance_scale: float) -> ScaleParams:

@@ -76,7 +76,8 @@ def _chunk_residual(v, rows, merged):
 
 
 def chunked_value_and_grad(theta, data):
-    """(½‖r‖² of data and penalty residuals, its gradient over θ), chunk by chunk."""
+    """(½‖r‖² of data and penalty residuals, its gradient over θ, Î per voxel at θ), chunk by chunk.
+    Î is returned for :func:`chunked_evaluate` and :func:`chunked_partials` at the same θ and weights."""
     import jax  # noqa: PLC0415
     import jax.numpy as jnp  # noqa: PLC0415
 
@@ -94,16 +95,16 @@ def chunked_value_and_grad(theta, data):
     start = (jnp.zeros((), v.dtype), jnp.zeros_like(v))
     (loss, grad), _ = jax.lax.scan(body, start, jnp.arange(_n_chunks(data)))
     penalty, penalty_grad = jax.value_and_grad(lambda v_: 0.5 * jnp.sum(penalty_residuals(v_, data) ** 2))(v)
-    return loss + penalty, to_theta(grad + penalty_grad)[0]
+    return loss + penalty, to_theta(grad + penalty_grad)[0], merged
 
 
-def chunked_evaluate(theta, data):
-    """(data χ², penalty ‖Qv − t‖², unweighted residuals of every (padded) row)."""
+def chunked_evaluate(theta, data, merged):
+    """(data χ², penalty ‖Qv − t‖², unweighted residuals of every (padded) row); ``merged``: Î per
+    voxel at θ (:func:`chunk_merged`, or the third result of :func:`chunked_value_and_grad`)."""
     import jax  # noqa: PLC0415
     import jax.numpy as jnp  # noqa: PLC0415
 
     v = model_values(theta, data)
-    merged = chunk_merged(v, data)
 
     def body(chi2, index):
         rows = _chunk(data, index)
@@ -115,15 +116,15 @@ def chunked_evaluate(theta, data):
     return chi2, jnp.sum(penalty_residuals(v, data) ** 2), r.reshape(-1)
 
 
-def chunked_partials(theta, data):
+def chunked_partials(theta, data, merged):
     """∂r_i/∂(a_i, b_i, c_i, d_i, Î) of every (padded) row, as an (N, 5) array, chunk by chunk: forward-mode
-    autodiff of the per-row prediction, Î at its profiled value. The chain rule to the control points
-    (the sparse, linear interpolation) is applied where the normal matrix is assembled."""
+    autodiff of the per-row prediction, Î at its profiled value ``merged`` (as for :func:`chunked_evaluate`).
+    The chain rule to the control points (the sparse, linear interpolation) is applied where the normal
+    matrix is assembled."""
     import jax  # noqa: PLC0415
     import jax.numpy as jnp  # noqa: PLC0415
 
     v = model_values(theta, data)
-    merged = chunk_merged(v, data)
 
     def body(carry, index):
         rows = _chunk(data, index)

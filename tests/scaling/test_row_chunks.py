@@ -52,10 +52,10 @@ def test_chunked_value_gradient_residuals_and_partials_equal_whole_table_autodif
     with jax.enable_x64(True):
         t = jnp.asarray(theta)
         want_value, want_grad = jax.value_and_grad(half_loss)(t)
-        value, grad = jax.jit(row_chunks.chunked_value_and_grad)(t, data)
-        chi2, penalty, r = jax.jit(row_chunks.chunked_evaluate)(t, data)
+        value, grad, merged_per_voxel = jax.jit(row_chunks.chunked_value_and_grad)(t, data)
+        chi2, penalty, r = jax.jit(row_chunks.chunked_evaluate)(t, data, merged_per_voxel)
         r_data, r_penalty = residuals(t, data)
-        partials = np.asarray(jax.jit(row_chunks.chunked_partials)(t, data))
+        partials = np.asarray(jax.jit(row_chunks.chunked_partials)(t, data, merged_per_voxel))
         v = model_values(t, data)
         a, b, c, d = _per_observation(v, data)
         merged = _merged(data, a * d * b, a * d * c)[data.group]
