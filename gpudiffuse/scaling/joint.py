@@ -72,43 +72,21 @@ class JointProblem:
         self.penalty_gram = (q.T @ q).toarray()
         self.voxels = VoxelOrder.of(group, n_groups, self.basis.offset.size, design=design)
         with jax.enable_x64(True):
-            self.data = scaling_data(design, self.basis, (q, target), intensity, np.sqrt(weight), group, n_groups,
-                                     share_weights=jax.devices()[0].platform == "cpu")
-        functions = _compiled()
+            data = scaling_data(design, self.basis, (q, target), intensity, np.sqrt(weight), group, n_groups,
+                                share_weights=jax.devices()[0].platform == "cpu")
         t = self.basis.matrix
-        self._merged = []  # [(θ, Î at θ)] of the last two evaluations, under the current weights
-
-        def value_and_grad(theta):
-            theta = np.array(theta, np.float64)
-            with jax.enable_x64(True):
-                value, grad, merged = functions["value_and_grad"](theta, self.data)
-                self._merged = [*self._merged[-1:], (theta, merged)]
-                return float(value), np.asarray(grad, dtype=np.float64)
-
-        def assemble(theta):
-            merged = self._merged_at(theta)
-            with jax.enable_x64(True):
-                partials = np.asarray(functions["partials"](np.asarray(theta, np.float64), self.data, merged))
-            h = normal_matrix(partials, design, self.voxels, self.penalty_gram)
-            return np.asarray((t.T @ (t.T @ h).T).T)
-
-        self._value_and_grad = value_and_grad
+        self.evaluations = _Evaluations(data, design, self.voxels, self.penalty_gram, t)
         # estimated seconds on two cores: a step (JAX value and gradient) and an assembly
         # (JAX derivatives and the JᵀJ kernel, then the Schur sum)
         n = len(intensity)
         costs = (2e-7 * n, 5e-7 * n + self.voxels.seconds)
-        self.solver = Solver(value_and_grad, assemble, options.step_tolerance, options.gradient_tolerance,
-                             value_map=lambda step: t @ step, costs=costs, sampled=self.voxels.fraction < 1)
+        self.solver = Solver(self.evaluations.value_and_grad, self.evaluations.assemble, options.step_tolerance,
+                             options.gradient_tolerance, value_map=lambda step: t @ step, costs=costs,
+                             sampled=self.voxels.fraction < 1)
 
-    def _merged_at(self, theta):
-        """Î per voxel at θ under the current weights: kept from the solver's last evaluations (the
-        matrix is assembled, and the residuals taken, where the loss was just evaluated), else
-        evaluated now."""
-        for at, merged in self._merged:
-            if np.array_equal(at, theta):
-                return merged
-        self._value_and_grad(theta)
-        return self._merged[-1][1]
+    @property
+    def data(self):
+        return self.evaluations.data
 
     def theta_of(self, params: ScaleParams) -> np.ndarray:
         values = np.concatenate([np.asarray(x, np.float64) for x in effective(params, self.design)])
@@ -129,12 +107,13 @@ class JointProblem:
         sqrt_weight = np.zeros(padded_length(n))
         np.sqrt(weight, out=sqrt_weight[:n])
         sqrt_weight[:n] *= keep
-        if np.array_equal(np.asarray(self.data.sqrt_weight), sqrt_weight):
+        kept = self.evaluations
+        if np.array_equal(np.asarray(kept.data.sqrt_weight), sqrt_weight):
             return
-        self._merged = []
-        self.data = dataclasses.replace(self.data, sqrt_weight=None)
+        kept.merged = []
+        kept.data = dataclasses.replace(kept.data, sqrt_weight=None)
         with jax.enable_x64(True):
-            self.data = dataclasses.replace(self.data, sqrt_weight=jnp.asarray(sqrt_weight))
+            kept.data = dataclasses.replace(kept.data, sqrt_weight=jnp.asarray(sqrt_weight))
 
     def fit(self, theta, weight, keep, max_iterations, report):
         self._set_weights(weight, keep)
@@ -145,7 +124,7 @@ class JointProblem:
         import jax  # noqa: PLC0415
 
         self._set_weights(weight, keep)
-        merged = self._merged_at(np.asarray(theta, np.float64))
+        merged = self.evaluations.merged_at(np.asarray(theta, np.float64))
         with jax.enable_x64(True):
             chi2, penalty, r = _compiled()["evaluate"](np.asarray(theta, np.float64), self.data, merged)
             return float(chi2), float(penalty), np.asarray(r)[:self.data.n_rows]
@@ -156,3 +135,44 @@ class JointProblem:
         t = self.basis.matrix
         variance = np.asarray(t.multiply(t @ covariance).sum(axis=1)).ravel() if t.shape[1] else np.zeros(t.shape[0])
         return split_values(np.sqrt(np.maximum(variance, 0.0)), self.design)
+
+
+class _Evaluations:
+    """The device data of a problem and what the solver calls on it: the loss and gradient, and the
+    normal matrix. Î per voxel from the last two loss evaluations is kept (under the current
+    weights): the matrix is assembled, and the residuals taken, where the loss was just evaluated.
+    Holds no reference to the solver, so that a finished problem is freed at once, not by the
+    cycle collector (10⁷ rows: gigabytes of device buffers)."""
+
+    def __init__(self, data, design, voxels, penalty_gram, basis_matrix):
+        self.data, self.design, self.voxels = data, design, voxels
+        self.penalty_gram, self.basis_matrix = penalty_gram, basis_matrix
+        self.merged = []  # [(θ, Î at θ)]
+
+    def value_and_grad(self, theta):
+        import jax  # noqa: PLC0415
+
+        theta = np.array(theta, np.float64)
+        with jax.enable_x64(True):
+            value, grad, merged = _compiled()["value_and_grad"](theta, self.data)
+            self.merged = [*self.merged[-1:], (theta, merged)]
+            return float(value), np.asarray(grad, dtype=np.float64)
+
+    def merged_at(self, theta):
+        """Î per voxel at θ: kept, or evaluated now."""
+        for at, merged in self.merged:
+            if np.array_equal(at, theta):
+                return merged
+        self.value_and_grad(theta)
+        return self.merged[-1][1]
+
+    def assemble(self, theta):
+        """The θ-space normal matrix at θ."""
+        import jax  # noqa: PLC0415
+
+        merged = self.merged_at(theta)
+        with jax.enable_x64(True):
+            partials = np.asarray(_compiled()["partials"](np.asarray(theta, np.float64), self.data, merged))
+        h = normal_matrix(partials, self.design, self.voxels, self.penalty_gram)
+        t = self.basis_matrix
+        return np.asarray((t.T @ (t.T @ h).T).T)
