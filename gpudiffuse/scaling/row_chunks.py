@@ -24,9 +24,10 @@ from .residuals import (_merge_terms, _per_observation, _prediction, _profiled_i
 __all__ = ["CHUNK_ROWS", "ROW_FIELDS", "padded_length", "chunked_value_and_grad", "chunked_evaluate",
            "chunked_partials"]
 
-# measured on the 2-core CPU (1M preset, value and gradient): 2¹⁷ rows 0.090 s, 2¹⁶ 0.077, 2¹⁵ 0.070,
-# 2¹⁴ 0.083, 2¹³ 0.100 (one chunk's temporaries stay in the caches; below 2¹⁴ the per-chunk
-# overhead wins). A GPU would want larger chunks: not measured.
+# measured on the 2-core CPU (1M preset, value and gradient, medians of 6 in one process), in two
+# runs: 2¹⁷ rows 0.090 s, 2¹⁶ 0.077, 2¹⁵ 0.070; then 2¹⁵ 0.081, 2¹⁴ 0.083, 2¹³ 0.100, 2¹² 0.117
+# (one chunk's temporaries stay in the caches; below 2¹⁴ the per-chunk overhead wins). A GPU
+# would want larger chunks: not measured.
 CHUNK_ROWS = 1 << 15
 ROW_QUANTUM = 1024
 
