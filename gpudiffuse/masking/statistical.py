@@ -8,8 +8,10 @@ a count histogram per voxel (pixel-frames with count c = 0 … c_max) and the co
   boundaries; v itself included).
 * λ_v: the weighted median of the rates counts/pixels of N(v), weights = pixels, interpolated as
   mdx-lib does: each sorted rate sits at the middle of its share of the cumulative weight and the
-  median is read off linearly at one half (ties of equal rates are then harmless); rates and
-  weights use only the histogrammed pixel-frames (c ≤ c_max).
+  median is read off linearly at one half. Ties: equal rates are pooled into one point with their
+  summed weight first (mdx-lib keeps them apart, which makes λ depend on the order of the window's
+  voxels when equal rates straddle the half); rates and weights use only the histogrammed
+  pixel-frames (c ≤ c_max).
 * D_v = Σ_c p_c log(p_c / q_c), p the pooled, normalised histogram of N(v), q_c the Poisson pmf at
   λ_v for c = 0 … c_max (truncated, not renormalised), terms with p_c = 0 dropped; q_c is floored
   at 1e-300 (λ_v = 0 with counts present gives a large finite D, not inf). An empty window
@@ -141,22 +143,30 @@ def _weighted_medians(indptr, indices, counts, pixels):
         if total <= 0:
             continue
         order = np.argsort(rates, kind="mergesort")
-        # each rate sits at the middle of its weight's share of the cumulative weight; the median
-        # is interpolated linearly at 0.5 between those points (clamped at the ends)
+        # each distinct rate (equal rates pooled, so that their order in the window does not
+        # matter) sits at the middle of its weight's share of the cumulative weight; the median is
+        # interpolated linearly at 0.5 between those points (clamped at the ends)
         below, previous_mid, previous_rate = 0.0, -1.0, 0.0
-        for k in range(m):
-            i = order[k]
-            mid = (below + 0.5 * weights[i]) / total
-            below += weights[i]
+        k = 0
+        found = False
+        while k < m:
+            rate = rates[order[k]]
+            weight = 0.0
+            while k < m and rates[order[k]] == rate:
+                weight += weights[order[k]]
+                k += 1
+            mid = (below + 0.5 * weight) / total
+            below += weight
             if mid >= 0.5:
                 if previous_mid < 0 or mid == previous_mid:
-                    out[v] = rates[i]
+                    out[v] = rate
                 else:
                     t = (0.5 - previous_mid) / (mid - previous_mid)
-                    out[v] = previous_rate + t * (rates[i] - previous_rate)
+                    out[v] = previous_rate + t * (rate - previous_rate)
+                found = True
                 break
-            previous_mid, previous_rate = mid, rates[i]
-        else:
+            previous_mid, previous_rate = mid, rate
+        if not found:
             out[v] = previous_rate
     return out
 
