@@ -23,7 +23,10 @@ a count histogram per voxel (pixel-frames with count c = 0 … c_max) and the co
   "Nothing to remove" (the first candidate does not lower D) is a valid outcome.
 * Excluded: the removed voxels and every voxel with a count above c_max.
 
-Compiled with numba (one pass over the windows per step, no Python loop per voxel).
+Compiled with numba, no Python loop per voxel. Each window keeps T = Σ n_c and
+S = Σ n_c log n_c − n_c log q_c, so D = S / T − log T; taking voxel j out of a window changes only
+the bins where j has pixel-frames, and ΔD and the walk touch only those (the loops skip the empty
+bins above a voxel's largest count, most of the histogram when c_max is set high).
 """
 
 from __future__ import annotations
@@ -32,10 +35,12 @@ import math
 
 import numba
 import numpy as np
+from scipy.special import gammaln
 
 __all__ = ["window_offsets", "neighbour_lists", "statistical_filter", "FilterResult"]
 
 Q_FLOOR = 1e-300
+LOG_Q_FLOOR = math.log(Q_FLOOR)
 
 
 def window_offsets(radius: float = 2.0) -> np.ndarray:
@@ -47,9 +52,15 @@ def window_offsets(radius: float = 2.0) -> np.ndarray:
     return inside[order].astype(np.int64)
 
 
-def neighbour_lists(voxels: np.ndarray, radius: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
+DENSE_LOOKUP_CELLS = 1 << 25  # a table of int32 rows over the bounding box up to this size (128 MiB)
+
+
+def neighbour_lists(voxels: np.ndarray, radius: float = 2.0,
+                    dense_lookup_cells: int = DENSE_LOOKUP_CELLS) -> tuple[np.ndarray, np.ndarray]:
     """CSR lists of the window of every voxel: ``indices[indptr[v]:indptr[v + 1]]`` are the rows of
-    ``voxels`` (n, 3 ints, unique) within ``radius`` of row v, itself included."""
+    ``voxels`` (n, 3 ints, unique) within ``radius`` of row v, itself included, in the order of
+    ``window_offsets``. A neighbour is found in a table over the voxels' bounding box when that has
+    at most ``dense_lookup_cells`` cells, else by binary search among the sorted voxel codes."""
     voxels = np.asarray(voxels, dtype=np.int64)
     n = len(voxels)
     if n == 0:
@@ -58,31 +69,50 @@ def neighbour_lists(voxels: np.ndarray, radius: float = 2.0) -> tuple[np.ndarray
     r = int(math.floor(radius))
     low = voxels.min(axis=0) - r
     span = voxels.max(axis=0) + r - low + 1
-    code = np.ravel_multi_index(tuple((voxels - low).T), tuple(span))
-    order = np.argsort(code, kind="stable")
-    columns = _find_neighbours(voxels - low, span.astype(np.int64), code[order], order, offsets)
-    present = columns >= 0
+    shifted = voxels - low
+    code = np.ravel_multi_index(tuple(shifted.T), tuple(span))
+    if int(np.prod(span)) <= dense_lookup_cells:
+        table = np.full(int(np.prod(span)), -1, np.int32 if n < 2**31 else np.int64)
+        table[code] = np.arange(n)
+        sorted_code, order = np.zeros(0, np.int64), np.zeros(0, np.int64)
+    else:
+        order = np.argsort(code, kind="stable")
+        table, sorted_code = np.zeros(0, np.int32), code[order]
+    span = span.astype(np.int64)
     indptr = np.zeros(n + 1, np.int64)
-    np.cumsum(present.sum(axis=1), out=indptr[1:])
-    return indptr, columns[present]
+    np.cumsum(_neighbours(shifted, span, table, sorted_code, order, offsets, np.zeros(1, np.int64),
+                          np.zeros(0, np.int64)), out=indptr[1:])
+    indices = np.empty(indptr[-1], np.int64)
+    _neighbours(shifted, span, table, sorted_code, order, offsets, indptr, indices)
+    return indptr, indices
 
 
 @numba.njit(cache=True, parallel=True)
-def _find_neighbours(shifted, span, sorted_code, order, offsets):
-    """(n, len(offsets)) row of each voxel + offset among ``shifted`` (−1: not occupied), by binary
-    search of its code among the sorted codes."""
+def _neighbours(shifted, span, table, sorted_code, order, offsets, indptr, indices):
+    """Per voxel, its occupied neighbours (voxel + offset): counted when ``indices`` is empty
+    (returns the counts), else written at ``indptr``. Looked up in ``table`` when it is not
+    empty, else by binary search of the code among ``sorted_code``."""
     n, m = len(shifted), len(offsets)
-    out = np.full((n, m), -1, np.int64)
+    counts = np.zeros(n, np.int64)
+    fill = len(indices) > 0
     for v in numba.prange(n):
+        found = 0
         for k in range(m):
             x = shifted[v, 0] + offsets[k, 0]
             y = shifted[v, 1] + offsets[k, 1]
             z = shifted[v, 2] + offsets[k, 2]
             wanted = (x * span[1] + y) * span[2] + z
-            at = np.searchsorted(sorted_code, wanted)
-            if at < n and sorted_code[at] == wanted:
-                out[v, k] = order[at]
-    return out
+            if len(table) > 0:
+                row = np.int64(table[wanted])
+            else:
+                at = np.searchsorted(sorted_code, wanted)
+                row = order[at] if at < n and sorted_code[at] == wanted else -1
+            if row >= 0:
+                if fill:
+                    indices[indptr[v] + found] = row
+                found += 1
+        counts[v] = found
+    return counts
 
 
 class FilterResult:
@@ -108,28 +138,35 @@ def statistical_filter(voxels: np.ndarray, histogram: np.ndarray, overflow_count
         empty = np.zeros(0)
         return FilterResult(np.zeros(0, bool), np.zeros(0, bool), overflow, empty, empty, empty, (0.0, 0.0))
     indptr, indices = neighbour_lists(voxels, radius)
-    c = np.arange(histogram.shape[1], dtype=np.float64)
-    pixels = histogram.sum(axis=1).astype(np.float64)
-    counts = (histogram * c).sum(axis=1)
-    lam = _weighted_medians(indptr, indices, counts, pixels)
-    pooled = _pooled(indptr, indices, histogram)
-    log_q = _log_poisson(lam, histogram.shape[1])
-    largest = int(pooled.max()) if pooled.size else 0
-    n_log_n = np.arange(largest + 1, dtype=np.float64)
+    bins = histogram.shape[1]
+    pixels = histogram.sum(axis=1)
+    counts = histogram @ np.arange(bins, dtype=np.int64)
+    lam = _weighted_medians(indptr, indices, counts.astype(np.float64), pixels.astype(np.float64))
+    low, high = _bin_ranges(histogram)
+    pooled = _pooled(indptr, indices, histogram, low, high)
+    window_low, window_high = _bin_ranges(pooled)
+    n_log_n = np.arange(int(pooled.max()) + 1, dtype=np.float64)
     n_log_n[1:] *= np.log(n_log_n[1:])
-    divergence = _divergences(pooled, log_q, n_log_n)
-    delta = _deltas(indptr, indices, histogram, pooled, log_q, divergence, n_log_n)
+    log_factorial = gammaln(np.arange(bins, dtype=np.float64) + 1)
+    with np.errstate(divide="ignore"):  # λ = 0: log q is floored without its log λ
+        poisson = (lam, np.log(lam), log_factorial)
+    window_pixels = pooled.sum(axis=1)
+    window_sums, divergence = _window_sums(pooled, window_low, window_high, window_pixels, *poisson, n_log_n)
+    delta = _deltas(indptr, indices, histogram, low, high, pixels, pooled, window_pixels, window_sums, divergence,
+                    *poisson, n_log_n)
     order = np.argsort(delta, kind="stable")
-    removed, after = _walk(order, indptr, indices, histogram, pooled.copy(), log_q, divergence.copy(), n_log_n)
+    after = divergence.copy()
+    removed = _walk(order, indptr, indices, histogram, low, high, pixels, pooled, window_pixels, window_sums, after,
+                    *poisson, n_log_n)
     return FilterResult(removed | overflow, removed, overflow, lam, divergence, delta,
-                        (float(divergence.sum()), float(after)))
+                        (float(divergence.sum()), float(after.sum())))
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, parallel=True)
 def _weighted_medians(indptr, indices, counts, pixels):
     n = len(indptr) - 1
     out = np.zeros(n)
-    for v in range(n):
+    for v in numba.prange(n):
         members = indices[indptr[v]:indptr[v + 1]]
         m = len(members)
         rates = np.empty(m)
@@ -172,85 +209,120 @@ def _weighted_medians(indptr, indices, counts, pixels):
 
 
 @numba.njit(cache=True)
-def _pooled(indptr, indices, histogram):
+def _bin_ranges(histogram):
+    """First and last non-zero bin of each row (an empty row: 0, −1), so that the loops below
+    skip the bins above a voxel's largest count (most of them when c_max is set high)."""
     n, bins = histogram.shape
-    out = np.zeros((n, bins), np.int64)
+    low = np.zeros(n, np.int64)
+    high = np.full(n, -1, np.int64)
     for v in range(n):
-        for k in range(indptr[v], indptr[v + 1]):
-            out[v] += histogram[indices[k]]
-    return out
-
-
-def _log_poisson(lam: np.ndarray, bins: int) -> np.ndarray:
-    """log q_c, the Poisson pmf at λ for c = 0 … bins − 1, floored at Q_FLOOR."""
-    from scipy.special import gammaln  # noqa: PLC0415
-
-    c = np.arange(bins, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):  # λ = 0: 0·log 0 (c = 0) is set below
-        log_q = c * np.log(lam[:, None]) - lam[:, None] - gammaln(c + 1)
-    log_q[:, 0] = -lam  # 0·log 0 = 0
-    return np.maximum(np.nan_to_num(log_q, nan=-np.inf), math.log(Q_FLOOR))
-
-
-@numba.njit(cache=True)
-def _divergence(row, log_q, n_log_n):
-    """D of a window's pooled integer histogram ``row``: with T = Σ n_c and p_c = n_c / T,
-    Σ p_c (log p_c − log q_c) = (Σ n_c log n_c − Σ n_c log q_c) / T − log T; n log n is looked up
-    (no logarithm per bin)."""
-    total = 0
-    for c in range(len(row)):
-        total += row[c]
-    if total <= 0:
-        return 0.0
-    s = 0.0
-    for c in range(len(row)):
-        n = row[c]
-        if n > 0:
-            s += n_log_n[n] - n * log_q[c]
-    return s / total - math.log(total)
-
-
-@numba.njit(cache=True)
-def _divergences(pooled, log_q, n_log_n):
-    out = np.zeros(len(pooled))
-    for v in range(len(pooled)):
-        out[v] = _divergence(pooled[v], log_q[v], n_log_n)
-    return out
-
-
-@numba.njit(cache=True)
-def _change_if_removed(j, indptr, indices, histogram, pooled, log_q, divergence, n_log_n, without):
-    """Σ over the windows containing j (= the window of j: the ball is symmetric) of D(without j) − D."""
-    change = 0.0
-    for k in range(indptr[j], indptr[j + 1]):
-        v = indices[k]
-        for c in range(histogram.shape[1]):
-            without[c] = pooled[v, c] - histogram[j, c]
-        change += _divergence(without, log_q[v], n_log_n) - divergence[v]
-    return change
+        for c in range(bins):
+            if histogram[v, c] != 0:
+                if high[v] < 0:
+                    low[v] = c
+                high[v] = c
+    return low, high
 
 
 @numba.njit(cache=True, parallel=True)
-def _deltas(indptr, indices, histogram, pooled, log_q, divergence, n_log_n):
-    n = len(histogram)
-    out = np.zeros(n)
-    for j in numba.prange(n):
-        without = np.empty(histogram.shape[1], np.int64)
-        out[j] = _change_if_removed(j, indptr, indices, histogram, pooled, log_q, divergence, n_log_n, without)
+def _pooled(indptr, indices, histogram, low, high):
+    n, bins = histogram.shape
+    out = np.zeros((n, bins), np.int64)
+    for v in numba.prange(n):
+        for k in range(indptr[v], indptr[v + 1]):
+            u = indices[k]
+            for c in range(low[u], high[u] + 1):
+                out[v, c] += histogram[u, c]
     return out
 
 
 @numba.njit(cache=True)
-def _walk(order, indptr, indices, histogram, pooled, log_q, divergence, n_log_n):
+def _log_q(c, lam, log_lam, log_factorial):
+    """log of the Poisson pmf at λ for the count c (truncated, not renormalised), floored at
+    log Q_FLOOR (λ = 0 with counts present gives a large finite D, not inf)."""
+    if c == 0:
+        value = -lam
+    elif lam <= 0.0:
+        return LOG_Q_FLOOR
+    else:
+        value = c * log_lam - lam - log_factorial[c]
+    return max(value, LOG_Q_FLOOR)
+
+
+@numba.njit(cache=True)
+def _window_sums(pooled, low, high, window_pixels, lam, log_lam, log_factorial, n_log_n):
+    """Per window, S = Σ_c (n_c log n_c − n_c log q_c) over its non-zero bins and
+    D = S / T − log T (T = Σ n_c): with p_c = n_c / T this is Σ p_c log(p_c / q_c). An empty
+    window has S = D = 0."""
+    n = len(pooled)
+    sums = np.zeros(n)
+    divergence = np.zeros(n)
+    for v in range(n):
+        if window_pixels[v] <= 0:
+            continue
+        s = 0.0
+        for c in range(low[v], high[v] + 1):
+            count = pooled[v, c]
+            if count > 0:
+                s += n_log_n[count] - count * _log_q(c, lam[v], log_lam[v], log_factorial)
+        sums[v] = s
+        divergence[v] = s / window_pixels[v] - math.log(window_pixels[v])
+    return sums, divergence
+
+
+@numba.njit(cache=True)
+def _without(v, j, histogram, low, high, pixels, pooled, window_pixels, window_sums, lam, log_lam, log_factorial,
+             n_log_n):
+    """(T, S, D) of window v with voxel j taken out: only j's non-zero bins change S."""
+    total = window_pixels[v] - pixels[j]
+    if total <= 0:
+        return 0, 0.0, 0.0
+    s = window_sums[v]
+    for c in range(low[j], high[j] + 1):
+        h = histogram[j, c]
+        if h > 0:
+            count = pooled[v, c]
+            s += n_log_n[count - h] - n_log_n[count] + h * _log_q(c, lam[v], log_lam[v], log_factorial)
+    return total, s, s / total - math.log(total)
+
+
+@numba.njit(cache=True, parallel=True)
+def _deltas(indptr, indices, histogram, low, high, pixels, pooled, window_pixels, window_sums, divergence,
+            lam, log_lam, log_factorial, n_log_n):
+    """ΔD(j) = Σ over the windows containing j (= the window of j: the ball is symmetric) of
+    D(without j) − D."""
+    n = len(histogram)
+    out = np.zeros(n)
+    for j in numba.prange(n):
+        change = 0.0
+        for k in range(indptr[j], indptr[j + 1]):
+            v = indices[k]
+            change += _without(v, j, histogram, low, high, pixels, pooled, window_pixels, window_sums, lam,
+                               log_lam, log_factorial, n_log_n)[2] - divergence[v]
+        out[j] = change
+    return out
+
+
+@numba.njit(cache=True)
+def _walk(order, indptr, indices, histogram, low, high, pixels, pooled, window_pixels, window_sums, divergence,
+          lam, log_lam, log_factorial, n_log_n):
+    """The greedy walk; updates the windows' pooled histograms, T, S and D in place."""
     n = len(histogram)
     removed = np.zeros(n, np.bool_)
-    without = np.empty(histogram.shape[1], np.int64)
     for j in order:
-        if _change_if_removed(j, indptr, indices, histogram, pooled, log_q, divergence, n_log_n, without) >= 0:
+        change = 0.0
+        for k in range(indptr[j], indptr[j + 1]):
+            v = indices[k]
+            change += _without(v, j, histogram, low, high, pixels, pooled, window_pixels, window_sums, lam,
+                               log_lam, log_factorial, n_log_n)[2] - divergence[v]
+        if change >= 0:
             break
         removed[j] = True
         for k in range(indptr[j], indptr[j + 1]):
             v = indices[k]
-            pooled[v] -= histogram[j]
-            divergence[v] = _divergence(pooled[v], log_q[v], n_log_n)
-    return removed, divergence.sum()
+            total, s, d = _without(v, j, histogram, low, high, pixels, pooled, window_pixels, window_sums, lam,
+                                   log_lam, log_factorial, n_log_n)
+            window_pixels[v], window_sums[v], divergence[v] = total, s, d
+            for c in range(low[j], high[j] + 1):
+                pooled[v, c] -= histogram[j, c]
+    return removed

@@ -35,6 +35,18 @@ def test_the_window_is_the_ball_of_radius_2():
     assert corner_members == sum(1 for o in offsets if np.all(o >= 0))
 
 
+def test_both_neighbour_lookups_give_the_same_windows():
+    """The table over the bounding box and the binary search (used when the box is too large for
+    a table) find the same neighbours in the same order, on a scattered set with gaps."""
+    rng = np.random.default_rng(3)
+    voxels = np.unique(rng.integers(-30, 30, (4000, 3)), axis=0)
+    dense = neighbour_lists(voxels, 2.0)
+    searched = neighbour_lists(voxels, 2.0, dense_lookup_cells=0)
+    assert np.array_equal(dense[0], searched[0]) and np.array_equal(dense[1], searched[1])
+    distance2 = ((voxels[dense[1]] - np.repeat(voxels, np.diff(dense[0]), axis=0)) ** 2).sum(axis=1)
+    assert dense[1].size > len(voxels) and np.all(distance2 <= 4)
+
+
 @pytest.mark.parametrize("rate, c_max", [(0.1, 20), (2.0, 20), (15.0, 60)])
 def test_planted_outliers_are_all_found_and_few_clean_voxels_are_removed(rate, c_max):
     rng = np.random.default_rng(int(rate * 10))
