@@ -9,8 +9,9 @@ voxel's histogram is the sum of theirs, exactly what a pass on the filter grid w
 collected). An excluded filter voxel takes every voxel of the pass inside it. (When --ndiv is the
 coarser grid, the pass runs on the filter grid and ``steps.integrate`` adds its rows up onto
 --ndiv afterwards.) A voxel excluded in wedge j is excluded from wedges j − 1, j and j + 1 of its
-sweep (both neighbours: a peak near a wedge boundary shows in either). The count histograms are
-dropped afterwards.
+sweep (both neighbours: a peak near a wedge boundary shows in either). The pass runs the filter
+on each wedge as soon as it is complete (:func:`wedge_flags`) and drops its count histograms; the
+rows are moved once every wedge is done (:func:`move_flagged`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ..grid import coarser_voxels, pack_voxels
 from ..masking.statistical import statistical_filter
 from .record import KEY, AccumulatorRecord
 
-__all__ = ["apply_statistical_filter", "HISTOGRAM_COLUMNS"]
+__all__ = ["apply_statistical_filter", "wedge_flags", "move_flagged", "HISTOGRAM_COLUMNS"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +45,22 @@ def _groups(rows: dict):
 def apply_statistical_filter(diffuse: dict, excluded: dict, ndiv, filter_ndiv=None,
                              radius: float = 2.0) -> tuple[dict, dict, dict]:
     """Run the filter on every wedge of ``diffuse`` (rows with count histograms, on grid ``ndiv``)
-    and move the excluded rows to ``excluded``. ``filter_ndiv``: the filter's grid, ``ndiv``
-    (the default) divided by odd factors. Returns (diffuse, excluded, summary) without histogram
-    columns; summary: per (batch, wedge) the filter voxels removed by the walk and with overflow,
-    the rows moved and their pixel-frames; the moved rows' keys; the filter grid."""
-    ratio = np.asarray(ndiv, np.int64) // np.asarray(filter_ndiv if filter_ndiv is not None else ndiv, np.int64)
+    and move the excluded rows to ``excluded``: :func:`wedge_flags` then :func:`move_flagged`."""
+    return move_flagged(diffuse, excluded, ndiv, wedge_flags(diffuse, ndiv, filter_ndiv, radius), filter_ndiv)
+
+
+def _ratio(ndiv, filter_ndiv) -> np.ndarray:
+    return np.asarray(ndiv, np.int64) // np.asarray(filter_ndiv if filter_ndiv is not None else ndiv, np.int64)
+
+
+def wedge_flags(diffuse: dict, ndiv, filter_ndiv=None, radius: float = 2.0) -> dict:
+    """The filter on each (batch, wedge) of ``diffuse`` (canonical rows with count histograms, on
+    grid ``ndiv``; ``filter_ndiv``: the filter's grid, ``ndiv`` (the default) divided by odd
+    factors). Returns {(batch, wedge): (packed codes of the excluded filter voxels, figures)},
+    figures: the filter voxels, those removed by the walk and those with counts above c_max, and
+    the summed D before and after the walk. The pass calls this as each wedge is complete, so that
+    the histograms of one wedge at a time are kept."""
+    ratio = _ratio(ndiv, filter_ndiv)
     filter_voxels = coarser_voxels(np.column_stack([diffuse[c] for c in ("H", "K", "L")]), ratio) \
         if len(diffuse.get("H", [])) else np.zeros((0, 3), np.int64)
     pooled = diffuse
@@ -57,17 +69,30 @@ def apply_statistical_filter(diffuse: dict, excluded: dict, ndiv, filter_ndiv=No
                   "K": filter_voxels[:, 1], "L": filter_voxels[:, 2],
                   **{c: diffuse[c] for c in HISTOGRAM_COLUMNS}}
         pooled = AccumulatorRecord.from_columns(pooled).rows() if len(filter_voxels) else {}
-    per_wedge, flagged = {}, {}
+    flags = {}
     for batch, wedge, rows in _groups(pooled):
         voxels = np.column_stack([pooled[c][rows] for c in ("H", "K", "L")])
         result = statistical_filter(voxels, pooled["count_histogram"][rows], pooled["overflow_counts"][rows], radius)
-        flagged[(batch, wedge)] = pack_voxels(voxels[result.excluded])
-        per_wedge[(batch, wedge)] = {"removed": int(result.removed.sum()), "overflow": int(result.overflow.sum()),
-                                     "summed_D": result.summed_D, "filter_voxels": len(voxels)}
+        flags[(batch, wedge)] = (pack_voxels(voxels[result.excluded]),
+                                 {"removed": int(result.removed.sum()), "overflow": int(result.overflow.sum()),
+                                  "summed_D": result.summed_D, "filter_voxels": len(voxels)})
+    return flags
+
+
+def move_flagged(diffuse: dict, excluded: dict, ndiv, flags: dict, filter_ndiv=None) -> tuple[dict, dict, dict]:
+    """Move the diffuse rows whose filter voxel ``flags`` (of :func:`wedge_flags`) excluded in
+    their wedge or a neighbouring one to ``excluded``. Returns (diffuse, excluded, summary) without
+    histogram columns; summary: per (batch, wedge) the figures of ``flags`` with the rows moved and
+    their pixel-frames; the moved rows' keys; the filter grid."""
+    ratio = _ratio(ndiv, filter_ndiv)
+    filter_voxels = coarser_voxels(np.column_stack([diffuse[c] for c in ("H", "K", "L")]), ratio) \
+        if len(diffuse.get("H", [])) else np.zeros((0, 3), np.int64)
+    per_wedge = {key: dict(figures) for key, (_, figures) in sorted(flags.items())}
     codes = pack_voxels(filter_voxels)
     move = np.zeros(len(codes), bool)
+    nothing = np.zeros(0, np.int64)
     for batch, wedge, rows in _groups(diffuse):
-        around = [flagged.get((batch, w), np.zeros(0, np.int64)) for w in (wedge - 1, wedge, wedge + 1)]
+        around = [flags[(batch, w)][0] if (batch, w) in flags else nothing for w in (wedge - 1, wedge, wedge + 1)]
         move[rows] = np.isin(codes[rows], np.concatenate(around))
         per_wedge[(batch, wedge)]["moved"] = int(move[rows].sum())
         per_wedge[(batch, wedge)]["pixel_frames_moved"] = int(diffuse["pixels"][rows][move[rows]].sum())

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..io.frames import FrameSource
 from ..observations import concat_rows
+from .bragg_filter import HISTOGRAM_COLUMNS, wedge_flags
 from .engines.base import BraggTest, SweepContext, engine_class
 from .pixels import PROFILE_BINS, frame_list, profile_edges, wedge_numbers
 from .record import AccumulatorRecord, IntegrationResult
@@ -62,6 +63,10 @@ def integrate_sweep(sweep, pixels, grid, peak_model, absent, params, engine: str
     profile_kt = np.zeros((n_frames, PROFILE_BINS))
     blocks = {"diffuse": [], "excluded": []}
     zingers = 0
+    # with the filter's grid set, the histograms are for the filter: it runs on each wedge as it is
+    # complete, so that only one wedge's histograms are ever held (without it, they are returned)
+    filter_flags = {}
+    filter_now = params.histogram_max is not None and params.filter_ndiv is not None
 
     def flush(wedge):
         nonlocal zingers
@@ -73,6 +78,11 @@ def integrate_sweep(sweep, pixels, grid, peak_model, absent, params, engine: str
                       "H": voxels[:, 0].astype(np.int32), "K": voxels[:, 1].astype(np.int32),
                       "L": voxels[:, 2].astype(np.int32)}
             tagged.update(columns)
+            if filter_now:
+                tagged = AccumulatorRecord.from_columns(tagged).rows() if n else {}
+                if name == "diffuse" and n:
+                    filter_flags.update(wedge_flags(tagged, params.ndiv, params.filter_ndiv))
+                tagged = {k: v for k, v in tagged.items() if k not in HISTOGRAM_COLUMNS}
             blocks[name].append(tagged)
         profile_counts[sums.frame_numbers] += sums.profile_counts
         profile_kt[sums.frame_numbers] += sums.profile_kt
@@ -94,4 +104,4 @@ def integrate_sweep(sweep, pixels, grid, peak_model, absent, params, engine: str
         flush(current)
     return IntegrationResult(AccumulatorRecord.from_columns(concat_rows(blocks["diffuse"])),
                              AccumulatorRecord.from_columns(concat_rows(blocks["excluded"])),
-                             {sweep.batch: profile_counts}, {sweep.batch: profile_kt}, zingers)
+                             {sweep.batch: profile_counts}, {sweep.batch: profile_kt}, zingers, filter_flags)

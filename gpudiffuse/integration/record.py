@@ -159,13 +159,16 @@ def _key_order(keys: list) -> tuple[np.ndarray, np.ndarray]:
 class IntegrationResult:
     """What the streaming pass returns for a set of frames: diffuse and excluded (Bragg)
     records, the per-frame isotropic profile of the diffuse pixels (counts and Σ K·t per |s| bin,
-    rows = frames of the sweep), and the number of zinger pixel-frames dropped. Summable."""
+    rows = frames of the sweep), the number of zinger pixel-frames dropped and, when the pass ran
+    the statistical filter wedge by wedge, its flags ((batch, wedge) → ``bragg_filter.wedge_flags``
+    entry; blocks hold whole wedges, so summing is a union). Summable."""
 
     diffuse: AccumulatorRecord
     excluded: AccumulatorRecord
     profile_counts: dict = field(default_factory=dict)   # batch -> (n_frames, bins)
     profile_kt: dict = field(default_factory=dict)
     zingers: int = 0
+    filter_flags: dict = field(default_factory=dict)
 
     def __add__(self, other: "IntegrationResult") -> "IntegrationResult":
         return IntegrationResult.sum([self, other])
@@ -182,5 +185,8 @@ class IntegrationResult:
                     kt[batch] = kt[batch] + r.profile_kt[batch]
                 else:
                     counts[batch], kt[batch] = r.profile_counts[batch], r.profile_kt[batch]
+        flags = {}
+        for r in results:
+            flags.update(r.filter_flags)
         return cls(AccumulatorRecord.sum(r.diffuse for r in results), AccumulatorRecord.sum(r.excluded for r in results),
-                   counts, kt, sum(r.zingers for r in results))
+                   counts, kt, sum(r.zingers for r in results), flags)

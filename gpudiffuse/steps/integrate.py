@@ -125,7 +125,8 @@ class Integration:
     """The raw result of the pass. ``diffuse``/``excluded``: accumulator rows (columns of the
     record schema, canonical key order); ``profiles``: batch → {"counts", "kt"} (n_frames, bins);
     ``zingers``: pixel-frames dropped; ``ndiv``; ``dmin``: the resolution limit used (Å);
-    ``bragg_filter``: what the statistical filter moved (None when it did not run)."""
+    ``bragg_filter``: what the statistical filter moved (None when it did not run);
+    ``filter_flags``: the filter's per-wedge flags from the pass, until the rows are moved."""
 
     diffuse: dict
     excluded: dict
@@ -134,6 +135,7 @@ class Integration:
     ndiv: tuple
     dmin: float
     bragg_filter: dict | None = None
+    filter_flags: dict | None = None
 
 
 def run_integrate(out: str, params: IntegrateParameters, engines: EngineChoice = EngineChoice(),
@@ -161,7 +163,7 @@ def run_integrate(out: str, params: IntegrateParameters, engines: EngineChoice =
         peaks = (search or load_peaks(out)) if params.peak_cloud else None
         integration = _integrate(experiment, peaks, dmin, params, execution, progress)
         if params.statistical:
-            _filter(integration, experiment, params.integration.filter_ndiv)
+            _filter(integration, experiment, params.integration.filter_ndiv, params.integration.histogram_max)
             _coarsen(integration, params.integration.ndiv)
         return integration
 
@@ -197,7 +199,7 @@ def _integrate(experiment, search, dmin, params, execution, progress) -> Integra
     profiles = {batch: {"counts": result.profile_counts[batch], "kt": result.profile_kt[batch]}
                 for batch in result.profile_counts}
     return Integration(result.diffuse.rows(), result.excluded.rows(), profiles, int(result.zingers),
-                       tuple(integration.ndiv), float(dmin))
+                       tuple(integration.ndiv), float(dmin), filter_flags=result.filter_flags)
 
 
 def _coarsen(integration: Integration, ndiv) -> None:
@@ -216,17 +218,17 @@ def _coarsen(integration: Integration, ndiv) -> None:
     integration.ndiv = tuple(int(n) for n in ndiv)
 
 
-def _filter(integration: Integration, experiment, filter_ndiv) -> None:
+def _filter(integration: Integration, experiment, filter_ndiv, c_max: int) -> None:
     """The statistical filter, in place: excluded rows move to the excluded table."""
-    from ..integration.bragg_filter import apply_statistical_filter  # noqa: PLC0415
+    from ..integration.bragg_filter import move_flagged  # noqa: PLC0415
 
     rows = integration.diffuse
-    diffuse, excluded, summary = apply_statistical_filter(rows, integration.excluded, ndiv=integration.ndiv,
-                                                          filter_ndiv=filter_ndiv)
+    diffuse, excluded, summary = move_flagged(rows, integration.excluded, integration.ndiv, integration.filter_flags,
+                                              filter_ndiv)
+    integration.filter_flags = None
     overflowing = sum(w["overflow"] for w in summary["per_wedge"].values())
     filter_voxels = sum(w["filter_voxels"] for w in summary["per_wedge"].values())
     if filter_voxels and overflowing > 0.5 * filter_voxels:
-        c_max = rows["count_histogram"].shape[1] - 1
         mean = float(rows["counts"].sum() / max(rows["pixels"].sum(), 1))
         # more than half the map would be lost (SNase's CCD stills: 4 rows of 456 069 left): refuse
         grid = " ".join(map(str, summary["filter_ndiv"]))
