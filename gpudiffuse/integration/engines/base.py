@@ -196,12 +196,13 @@ def collect_sets(rows: RowTable, n_sub: int, ints: np.ndarray, floats: np.ndarra
     for s in range(2):
         seen = np.flatnonzero(ints[s, :size, int_names.index("pixels")] > 0)
         block = {"cell": cells[seen // n_sub], "sub": seen % n_sub}
+        # fancy indexing copies already: astype only where the engine's type differs
         for j, name in enumerate(int_names):
-            block[name] = ints[s, seen, j].astype(np.int64)
+            block[name] = ints[s, seen, j].astype(np.int64, copy=False)
         for j, name in enumerate(float_names):
-            block[name] = floats[s, seen, j].astype(np.float64)
+            block[name] = floats[s, seen, j].astype(np.float64, copy=False)
         if histogram is not None:
-            block["count_histogram"] = histogram[s, seen].astype(np.int64)
+            block["count_histogram"] = histogram[s, seen].astype(np.int64, copy=False)
         out.append(block)
     return out[0], out[1]
 
