@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import shutil
 import tempfile
@@ -123,22 +122,21 @@ def _filter_against_truth(data, out, model, frame_step):
     those centred on allowed reflections, on systematically absent ones and off integer hkl
     (Bragg-free), and the share of the Bragg-peak counts above 1, 5 and 20 σ of the scattering
     under them whose row was moved."""
-    import h5py
     import numpy as np
 
     from gpudiffuse.simulate_truth import bragg_counts_excluded, moved_rows_by_class
+    from gpudiffuse.steps.integrate import read_integration
 
-    integrate = os.path.join(out, "integrate.nxs")
-    with h5py.File(integrate) as f:
-        g = f["entry/statistical_filter"]
-        moved = np.column_stack([g[f"moved_{k}"][()] for k in ("wedge", "H", "K", "L")]).astype(np.int64)
-        ndiv = json.loads(f["entry"].attrs["parameters"])["parameters"]["integration"]["ndiv"]
-    rows = moved_rows_by_class(integrate, model.params.space_group)
+    integration = read_integration(os.path.join(out, "integrate.nxs"))
+    keys = integration.bragg_filter["moved_keys"]
+    moved = np.column_stack([keys[k] for k in ("wedge", "H", "K", "L")])
+    rows = moved_rows_by_class(integration, model.params.space_group)
+    strengths = (1, 5, 20)
+    shares = bragg_counts_excluded(data, moved, integration.ndiv, strengths=strengths, frame_step=frame_step)
     return {
         "rows_moved_fraction": {k: round(v, 5) for k, v in rows["moved_fraction"].items()},
         "rows": rows["rows"],
-        "bragg_counts_excluded": {f"above_{k}_sigma": round(bragg_counts_excluded(
-            data, moved, ndiv, strength=k, frame_step=frame_step), 5) for k in (1, 5, 20)},
+        "bragg_counts_excluded": {f"above_{k}_sigma": round(share, 5) for k, share in zip(strengths, shares)},
         "bragg_frame_step": frame_step,
     }
 

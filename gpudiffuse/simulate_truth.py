@@ -53,10 +53,11 @@ def format_accuracy(accuracy: dict) -> str:
     return "\n".join(lines)
 
 
-def bragg_counts_excluded(data: str, moved, ndiv, geometry: str | None = None, strength: float = 1.0,
-                          frame_step: int = 3) -> float:
-    """Share of a simulated dataset's expected Bragg-peak counts whose (wedge, voxel) row a filter
-    moved to the excluded table, over every ``frame_step``-th frame.
+def bragg_counts_excluded(data: str, moved, ndiv, geometry: str | None = None, strengths=(1.0,),
+                          frame_step: int = 3) -> list[float]:
+    """Shares of a simulated dataset's expected Bragg-peak counts whose (wedge, voxel) row a filter
+    moved to the excluded table, over every ``frame_step``-th frame: one share per strength, all
+    from one pass over the frames (the model's Bragg term is the costly part).
 
     A Bragg-peak pixel: expected Bragg counts (the simulator's model, rotation sub-samples averaged)
     above ``strength`` times the Poisson noise of the scattering under it, on a pixel the processing
@@ -81,43 +82,43 @@ def bragg_counts_excluded(data: str, moved, ndiv, geometry: str | None = None, s
     wedges = wedge_numbers(sweep.scan, np.arange(sweep.scan.num_frames), IntegrationParameters())
     inv_a = np.linalg.inv(model.A)
     ndiv = np.asarray(ndiv)
-    total = excluded = 0.0
+    strengths = np.asarray(strengths, dtype=np.float64)
+    total, excluded = np.zeros(len(strengths)), np.zeros(len(strengths))
     for z in range(0, sweep.scan.num_frames, frame_step):
         true_hkl = s @ (inv_a @ model.rotation(p.phi0 + (z + 0.5) * p.dphi).T).T
         bragg = np.mean([model.bragg(s @ (inv_a @ model.rotation(
             p.phi0 + (z + (k + 0.5) / p.sub_samples) * p.dphi).T).T) for k in range(p.sub_samples)], axis=0)
         expected = p.exposure * p.scale * model.decay(z) * factor
         background = expected * (model.diffuse(true_hkl) + model.isotropic(np.linalg.norm(s, axis=1)))
-        peak = usable & (expected * bragg > strength * np.sqrt(np.maximum(background, 1e-12)))
-        hkl = s[peak] @ np.linalg.inv(sweep.setting_matrix(z)).T
+        # the weakest threshold's pixels hold every stronger one's
+        candidate = usable & (expected * bragg > strengths.min() * np.sqrt(np.maximum(background, 1e-12)))
+        hkl = s[candidate] @ np.linalg.inv(sweep.setting_matrix(z)).T
         voxels = np.rint(hkl * ndiv).astype(np.int64)
         hit = np.array([(int(wedges[z]), *v) in moved_set for v in voxels.tolist()], dtype=bool)
-        total += (expected * bragg)[peak].sum()
-        excluded += ((expected * bragg)[peak] * hit).sum()
-    if total <= 0:
-        raise ValueError(f"{data}: no Bragg-peak pixel above {strength} σ in the frames looked at")
-    return float(excluded / total)
+        peak_counts = (expected * bragg)[candidate]
+        noise = np.sqrt(np.maximum(background[candidate], 1e-12))
+        for i, strength in enumerate(strengths):
+            peak = peak_counts > strength * noise
+            total[i] += peak_counts[peak].sum()
+            excluded[i] += (peak_counts[peak] * hit[peak]).sum()
+    if np.any(total <= 0):
+        raise ValueError(f"{data}: no Bragg-peak pixel above {strengths[total <= 0][0]} σ in the frames looked at")
+    return (excluded / total).tolist()
 
 
-def moved_rows_by_class(integrate_file: str, space_group: str) -> dict:
-    """Of a statistical-filter run's voxel-wedge rows (integrate.nxs), the share moved to the
-    excluded table among those centred on allowed reflections, on systematically absent ones
-    (``space_group``'s conditions, by gemmi) and off integer hkl ("bragg_free": a simulated Bragg
-    peak is far narrower than a voxel), with the number of rows of each class. The rows are on the
-    integration grid, which must have an odd ndiv above 1 on every axis (on integer hkl every row
-    is centred on a reflection)."""
-    import json  # noqa: PLC0415
-
+def moved_rows_by_class(integration, space_group: str) -> dict:
+    """Of a statistical-filter run's voxel-wedge rows (an ``Integration``, e.g. from
+    ``steps.integrate.read_integration``), the share moved to the excluded table among those centred
+    on allowed reflections, on systematically absent ones (``space_group``'s conditions, by gemmi)
+    and off integer hkl ("bragg_free": a simulated Bragg peak is far narrower than a voxel), with
+    the number of rows of each class. The rows are on the integration grid, which must have an odd
+    ndiv above 1 on every axis (on integer hkl every row is centred on a reflection)."""
     import gemmi  # noqa: PLC0415
-    import h5py  # noqa: PLC0415
 
-    with h5py.File(integrate_file, "r") as f:
-        rows = {t: np.column_stack([f[f"entry/{t}/{k}"][()] for k in ("H", "K", "L")]) for t in ("diffuse", "excluded")}
-        integration = json.loads(f["entry"].attrs["parameters"])["parameters"]["integration"]
-    ndiv = np.asarray(integration["ndiv"])
+    ndiv = np.asarray(integration.ndiv)
     if np.any(ndiv < 3) or np.any(ndiv % 2 == 0):
-        raise ValueError(f"{integrate_file}: ndiv {ndiv.tolist()}: the classes need an odd ndiv of 3 or more "
-                         "on every axis")
+        raise ValueError(f"ndiv {ndiv.tolist()}: the classes need an odd ndiv of 3 or more on every axis")
+    rows = {t: np.column_stack([getattr(integration, t)[k] for k in ("H", "K", "L")]) for t in ("diffuse", "excluded")}
     voxels = np.vstack([rows["diffuse"], rows["excluded"]])
     moved = np.r_[np.zeros(len(rows["diffuse"]), bool), np.ones(len(rows["excluded"]), bool)]
     centred = np.all(voxels % ndiv == 0, axis=1)

@@ -5,13 +5,13 @@ processed with scaling by the peak cloud and by the filter (c_max 300). Slow (ab
 2 cores, most of it simulating): run with --run-slow. The same figures, with their command, are
 in benchmarks/results/bragg_masks_1m_300mm_240frames_scaled*.json."""
 
-import h5py
 import numpy as np
 import pytest
 
 from gpudiffuse.cli import main
 from gpudiffuse.simulate import compare_with_truth, load_model, simulate_dataset
 from gpudiffuse.simulate_truth import bragg_counts_excluded, moved_rows_by_class
+from gpudiffuse.steps.integrate import read_integration
 from gpudiffuse.steps.merge import read_merged
 
 pytestmark = pytest.mark.slow
@@ -44,13 +44,12 @@ def test_the_bragg_peaks_go_and_the_rest_stays(far):
     absent reflections (P2₁2₁2₁'s axial ones) treated like Bragg-free ones, not like allowed ones.
     Measured: 99.98 % of the counts; rows moved 0.98 % Bragg-free, 1.8 % absent, 93 % allowed."""
     data, root, model, _ = far
-    integrate = root / "statistical_1" / "integrate.nxs"
-    with h5py.File(integrate) as f:
-        g = f["entry/statistical_filter"]
-        moved = np.column_stack([g[f"moved_{k}"][()] for k in ("wedge", "H", "K", "L")]).astype(np.int64)
-    share = bragg_counts_excluded(data, moved, NDIV, frame_step=6)
+    integration = read_integration(str(root / "statistical_1" / "integrate.nxs"))
+    keys = integration.bragg_filter["moved_keys"]
+    moved = np.column_stack([keys[k] for k in ("wedge", "H", "K", "L")])
+    (share,) = bragg_counts_excluded(data, moved, NDIV, frame_step=6)
     assert share >= 0.99, share
-    rows = moved_rows_by_class(str(integrate), model.params.space_group)
+    rows = moved_rows_by_class(integration, model.params.space_group)
     moved_fraction = rows["moved_fraction"]
     assert rows["rows"]["absent"] > 50 and rows["rows"]["bragg_free"] > 100_000
     assert moved_fraction["bragg_free"] <= 0.02, rows

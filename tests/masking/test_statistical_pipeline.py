@@ -34,13 +34,6 @@ def _moved(out):
         return np.column_stack([g[f"moved_{k}"][()] for k in ("wedge", "H", "K", "L")]).astype(np.int64)
 
 
-def _bragg_counts_excluded(data, moved, geometry=None, strength=1.0) -> float:
-    """Share of the expected Bragg-peak counts (every third frame) whose (wedge, voxel) row was
-    moved; a Bragg-peak pixel as in test_pipeline (see ``bragg_counts_excluded``)."""
-    return bragg_counts_excluded(data, moved, NDIV, geometry=None if geometry is None else str(geometry),
-                                 strength=strength)
-
-
 def test_bragg_peak_counts_are_excluded_and_absences_kept(low_dose):
     """Measured: 99.75 % of the Bragg-peak counts excluded."""
     data, outs = low_dose
@@ -51,7 +44,7 @@ def test_bragg_peak_counts_are_excluded_and_absences_kept(low_dose):
         assert f["entry"].attrs["parameters"].count('"histogram_max": 30') == 1  # --filter-max-count
     assert np.all(fractions < 0.06)  # a few per cent of the voxel-wedge rows per shell
     moved = _moved(outs["statistical"])
-    share = _bragg_counts_excluded(data, moved)
+    (share,) = bragg_counts_excluded(data, moved, NDIV)  # every third frame
     assert share >= 0.99, share
     # voxels centred on systematically absent reflections (I 2 2 2: h + k + l odd) are hardly ever
     # excluded (measured 5 of the 541 moved integer-hkl rows: the noisiest clean voxels, see
@@ -185,7 +178,7 @@ def test_wrong_geometry_the_filter_still_excludes_the_bragg_peaks(low_dose, tmp_
     assert "the strong pixels do not index" in caplog.text
     moved = _moved(outs["statistical"])
     # peaks above 1, 5 and 20 σ of the scattering under them; measured 98.2 %, 99.5 % and 100 %
-    shares = [_bragg_counts_excluded(data, moved, geometry=wrong, strength=k) for k in (1, 5, 20)]
+    shares = bragg_counts_excluded(data, moved, NDIV, geometry=str(wrong), strengths=(1, 5, 20))
     assert shares[0] >= 0.97 and shares[1] >= 0.99 and shares[2] >= 0.999, shares
 
     def pixel_frames_excluded(out):
