@@ -79,8 +79,8 @@ def integrate_sweep(sweep, pixels, grid, peak_model, absent, params, engine: str
                       "L": voxels[:, 2].astype(np.int32)}
             tagged.update(columns)
             if filter_now:
-                tagged = AccumulatorRecord.from_columns(tagged).rows() if n else {}
-                if name == "diffuse" and n:
+                if name == "diffuse" and n:  # the filter wants the wedge's rows in canonical order
+                    tagged = AccumulatorRecord.from_columns(tagged).rows()
                     filter_flags.update(wedge_flags(tagged, params.ndiv, params.filter_ndiv))
                 tagged = {k: v for k, v in tagged.items() if k not in HISTOGRAM_COLUMNS}
             blocks[name].append(tagged)
