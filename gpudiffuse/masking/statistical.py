@@ -286,20 +286,28 @@ def _without(v, j, histogram, low, high, pixels, pooled, window_pixels, window_s
     return total, s, s / total - math.log(total)
 
 
+@numba.njit(cache=True)
+def _change_if_removed(j, indptr, indices, histogram, low, high, pixels, pooled, window_pixels, window_sums,
+                       divergence, lam, log_lam, log_factorial, n_log_n):
+    """Σ over the windows containing j (= the window of j: the ball is symmetric) of
+    D(without j) − D, at the windows' current state."""
+    change = 0.0
+    for k in range(indptr[j], indptr[j + 1]):
+        v = indices[k]
+        change += _without(v, j, histogram, low, high, pixels, pooled, window_pixels, window_sums, lam,
+                           log_lam, log_factorial, n_log_n)[2] - divergence[v]
+    return change
+
+
 @numba.njit(cache=True, parallel=True)
 def _deltas(indptr, indices, histogram, low, high, pixels, pooled, window_pixels, window_sums, divergence,
             lam, log_lam, log_factorial, n_log_n):
-    """ΔD(j) = Σ over the windows containing j (= the window of j: the ball is symmetric) of
-    D(without j) − D."""
+    """ΔD(j) of every voxel before the walk."""
     n = len(histogram)
     out = np.zeros(n)
     for j in numba.prange(n):
-        change = 0.0
-        for k in range(indptr[j], indptr[j + 1]):
-            v = indices[k]
-            change += _without(v, j, histogram, low, high, pixels, pooled, window_pixels, window_sums, lam,
-                               log_lam, log_factorial, n_log_n)[2] - divergence[v]
-        out[j] = change
+        out[j] = _change_if_removed(j, indptr, indices, histogram, low, high, pixels, pooled, window_pixels,
+                                    window_sums, divergence, lam, log_lam, log_factorial, n_log_n)
     return out
 
 
@@ -310,12 +318,8 @@ def _walk(order, indptr, indices, histogram, low, high, pixels, pooled, window_p
     n = len(histogram)
     removed = np.zeros(n, np.bool_)
     for j in order:
-        change = 0.0
-        for k in range(indptr[j], indptr[j + 1]):
-            v = indices[k]
-            change += _without(v, j, histogram, low, high, pixels, pooled, window_pixels, window_sums, lam,
-                               log_lam, log_factorial, n_log_n)[2] - divergence[v]
-        if change >= 0:
+        if _change_if_removed(j, indptr, indices, histogram, low, high, pixels, pooled, window_pixels, window_sums,
+                              divergence, lam, log_lam, log_factorial, n_log_n) >= 0:
             break
         removed[j] = True
         for k in range(indptr[j], indptr[j + 1]):
